@@ -1,0 +1,1 @@
+"""Data: every patch source a user brings, the packed store, transforms, splits and audits."""
