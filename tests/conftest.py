@@ -60,3 +60,19 @@ def tiny_kaggle(tmp_path: Path) -> Path:
     test_ids = write_patches(root / "test", [make_patch(100 + i) for i in range(3)], ".tif")
     write_labels(root / "sample_submission.csv", [(k, 0) for k in test_ids])
     return root
+
+
+@pytest.fixture(scope="session")
+def untrained_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A histocnn model file with random weights: fast, for plumbing tests."""
+    import torch
+
+    from histoscan.models.bundle import ModelFile, save_model_file
+    from histoscan.models.registry import create_model, model_spec
+
+    torch.manual_seed(0)
+    spec = model_spec("histocnn")
+    path = tmp_path_factory.mktemp("model") / "untrained.pt"
+    save_model_file(path, ModelFile(spec=spec, net=create_model("histocnn").eval(),
+                                    card={"name": "untrained-test"}))
+    return path

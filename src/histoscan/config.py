@@ -33,6 +33,7 @@ class TrainConfig:
     pretrained: bool = False
     input_px: int | None = None  # None keeps the model's default input size
     epochs: int = 30
+    max_minutes: float = 0  # a wall-clock budget: stop, and end the LR cosine, by then; 0 = none
     batch_size: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.05
@@ -41,7 +42,9 @@ class TrainConfig:
     ema_decay: float = 0.0  # 0 disables the exponential moving average of weights
     val_fraction: float = 0.1
     group_col: str | None = None
-    seed: int = 42
+    seed: int = 42  # weights, augmentation and batch order
+    split_seed: int = 42  # the validation split, kept apart so ensemble members share it
+    threads: int = 0  # torch CPU threads per process; 0 keeps torch's default
     precision: str = "auto"  # auto | 32 | bf16
     patience: int = 0  # early-stopping patience in epochs; 0 disables
     num_workers: int = 0

@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+from datetime import timedelta
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from histoscan.data.splits import read_groups, split_indices
 from histoscan.data.store import select_manifest
 from histoscan.data.transforms import Augment
 from histoscan.errors import DataError
-from histoscan.models.bundle import InferenceNet, ModelFile, save_model_file
+from histoscan.models.bundle import InferenceNet, ModelFile, load_model_file, save_model_file
 from histoscan.models.inference import cpu_has_bf16, tta_logits
 from histoscan.models.registry import ModelSpec, create_model, model_spec
 
@@ -69,14 +70,24 @@ class PatchClassifier(L.LightningModule):
         self.augment = Augment(cfg.augment)
         self.ema = None
         if cfg.ema_decay:
-            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            from torch.optim.swa_utils import AveragedModel
 
-            self.ema = AveragedModel(
-                self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True
-            )
+            self.ema = AveragedModel(self.net, multi_avg_fn=self._ema_update, use_buffers=True)
         self._val_logits: list[torch.Tensor] = []
         self._val_labels: list[torch.Tensor] = []
         self._epoch_start = 0.0
+
+    @torch.no_grad()
+    def _ema_update(self, ema: list[torch.Tensor], current: list[torch.Tensor],
+                    num_averaged: torch.Tensor) -> None:
+        # warm-up as in timm's ModelEmaV3: early on the average must not cling to the random init
+        step = float(num_averaged)
+        decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
+        if ema[0].is_floating_point():
+            torch._foreach_lerp_(ema, current, 1 - decay)
+        else:  # integer buffers such as BatchNorm's num_batches_tracked
+            for e, c in zip(ema, current, strict=True):
+                e.copy_(c)
 
     @property
     def eval_net(self) -> nn.Module:
@@ -142,10 +153,15 @@ class PatchClassifier(L.LightningModule):
         total = max(1, self.trainer.estimated_stepping_batches)
         warmup = min(total // 2, int(cfg.warmup_epochs * self.steps_per_epoch))
 
+        budget_s = cfg.max_minutes * 60
+        started = time.monotonic()
+
         def lr_at(step: int) -> float:  # linear warm-up, then cosine to zero
             if step < warmup:
                 return (step + 1) / warmup
             progress = (step - warmup) / max(1, total - warmup)
+            if budget_s:  # a time budget: the cosine ends when the time does
+                progress = max(progress, (time.monotonic() - started) / budget_s)
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
@@ -174,10 +190,10 @@ def make_split(source: PatchSource, cfg: TrainConfig, manifest: Path | None,
         if groups_csv is None:
             raise DataError("--group-col needs a CSV with that column (--groups FILE)")
         groups = read_groups(groups_csv, cfg.group_col, [source.ids[i] for i in keep])
-    tr, va = split_indices(source.labels[keep], cfg.val_fraction, cfg.seed, groups)
+    tr, va = split_indices(source.labels[keep], cfg.val_fraction, cfg.split_seed, groups)
     how = f"grouped by {cfg.group_col}" if groups is not None else "stratified random"
     return SplitData(PatchDataset(source, keep[tr]), PatchDataset(source, keep[va]),
-                     f"{how}, {cfg.val_fraction:.0%} validation, seed {cfg.seed}")
+                     f"{how}, {cfg.val_fraction:.0%} validation, seed {cfg.split_seed}")
 
 
 def _limit(value: float) -> float | int:
@@ -222,6 +238,8 @@ def fit(
     if not resume and (run_dir / "model.pt").exists():
         raise DataError(f"{run_dir}: holds a finished run; choose another --out or --resume")
     L.seed_everything(cfg.seed, workers=True)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     spec = model_spec(cfg.model, cfg.input_px)
     split = make_split(source, cfg, manifest, groups_csv)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -241,6 +259,7 @@ def fit(
         callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
     trainer = L.Trainer(
         default_root_dir=run_dir, max_epochs=cfg.epochs,
+        max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
         accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
         strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
         precision=resolve_precision(cfg), callbacks=callbacks,
@@ -264,19 +283,9 @@ def fit(
 def finish_run(module: PatchClassifier, split: SplitData, cfg: TrainConfig, run_dir: Path,
                seconds: float, epochs: int) -> None:
     """Fit the temperature on TTA validation logits and write the model file and curves."""
-    from sklearn.metrics import roc_auc_score
-
     net = module.eval_net.float().eval().cpu()
-    spec = module.spec
-    infer = InferenceNet(net, spec).eval()
-    images = split.val.source.read_many(split.val.indices)
-    labels = split.val.source.labels[split.val.indices].astype(np.int64)
-    logits = np.concatenate([tta_logits(infer, images[i:i + 256], "d4", torch.device("cpu"),
-                                        precision="32") for i in range(0, len(images), 256)])
-    temperature = fit_temperature(logits, labels) if len(np.unique(labels)) == 2 else 1.0
-    auc = float(roc_auc_score(labels, logits)) if len(np.unique(labels)) == 2 else float("nan")
     card = {
-        "model": spec.name,
+        "model": module.spec.name,
         "trained": time.strftime("%Y-%m-%d %H:%M:%S"),
         "data": split.train.source.describe(),
         "split": split.description,
@@ -285,16 +294,79 @@ def finish_run(module: PatchClassifier, split: SplitData, cfg: TrainConfig, run_
         "config": config_to_dict(cfg),
         "epochs_run": epochs,
         "train_seconds": round(seconds, 1),
-        "val_auc_tta_d4": round(auc, 5),
-        "temperature": round(temperature, 4),
-        "torch": torch.__version__,
+        "history": read_history(run_dir / "metrics.csv"),
+        "torch": str(torch.__version__),
     }
-    save_model_file(run_dir / "model.pt", ModelFile(
-        spec=replace(spec), net=net, temperature=temperature, threshold=0.5,
-        val_logits=logits, val_labels=labels, card=card))
-    (run_dir / "summary.json").write_text(json.dumps(card, indent=2))
+    calibrate_and_save(net, module.spec, split.val.source, split.val.indices, card,
+                       run_dir / "model.pt")
+    (run_dir / "summary.json").write_text(
+        json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2))
     plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
-    log.info("validation AUC (D4 TTA) %.4f, temperature %.3f, %.0f s", auc, temperature, seconds)
+
+
+def calibrate_and_save(net: nn.Module, spec: ModelSpec, val_source: PatchSource,
+                       val_indices: np.ndarray, card: dict[str, Any], out: Path) -> ModelFile:
+    """D4-TTA logits on the validation split -> temperature, AUC in the card -> model file."""
+    from sklearn.metrics import roc_auc_score
+
+    infer = InferenceNet(net, spec).eval()
+    images = val_source.read_many(val_indices)
+    labels = val_source.labels[val_indices].astype(np.int64)
+    logits = np.concatenate([tta_logits(infer, images[i:i + 256], "d4", torch.device("cpu"),
+                                        precision="32") for i in range(0, len(images), 256)])
+    both = len(np.unique(labels)) == 2
+    temperature = fit_temperature(logits, labels) if both else 1.0
+    auc = float(roc_auc_score(labels, logits)) if both else float("nan")
+    card = {**card, "val_auc_tta_d4": round(auc, 5), "temperature": round(temperature, 4),
+            "val_ids": [val_source.ids[i] for i in val_indices]}
+    mf = ModelFile(spec=replace(spec), net=net, temperature=temperature, threshold=0.5,
+                   val_logits=logits, val_labels=labels, card=card)
+    save_model_file(out, mf)
+    log.info("validation AUC (D4 TTA) %.4f, temperature %.3f -> %s", auc, temperature, out)
+    return mf
+
+
+def build_ensemble(model_paths: list[Path], source: PatchSource, out: Path) -> ModelFile:
+    """One model averaging the logits of histocnn members that share a validation split."""
+    members = [load_model_file(p) for p in model_paths]
+    names = {mf.spec.name for mf in members}
+    if names != {"histocnn"}:
+        raise DataError(f"ensembles combine histocnn members; got {', '.join(sorted(names))}")
+    val_ids = [mf.card.get("val_ids") for mf in members]
+    if not val_ids[0] or any(v != val_ids[0] for v in val_ids):
+        raise DataError("ensemble members must share one recorded validation split")
+    spec = replace(model_spec("histocnn_ensemble"), kwargs={"n_members": len(members)})
+    net = create_model(spec.name, **spec.kwargs)
+    for slot, mf in zip(net.members, members, strict=True):
+        slot.load_state_dict(mf.net.state_dict())
+    position = {key: i for i, key in enumerate(source.ids)}
+    missing = [k for k in val_ids[0] if k not in position]
+    if missing:
+        raise DataError(f"{source.root}: validation id {missing[0]} not found")
+    indices = np.array([position[k] for k in val_ids[0]], dtype=np.int64)
+    first = members[0].card
+    card = {
+        **{k: v for k, v in first.items() if k not in ("val_ids", "val_auc_tta_d4", "temperature")},
+        "model": spec.name,
+        "members": [{k: v for k, v in mf.card.items() if k not in ("val_ids", "history")}
+                    for mf in members],
+        "member_histories": [mf.card.get("history", []) for mf in members],
+        "train_seconds": max(mf.card.get("train_seconds", 0) for mf in members),
+    }
+    return calibrate_and_save(net.eval(), spec, source, indices, card, out)
+
+
+def read_history(metrics_csv: Path) -> list[dict[str, float]]:
+    """Per-epoch rows of Lightning's metrics.csv, merged (train and val are logged apart)."""
+    if not metrics_csv.is_file():
+        return []
+    merged: dict[int, dict[str, float]] = {}
+    for row in csv.DictReader(open(metrics_csv)):
+        epoch = int(row["epoch"])
+        merged.setdefault(epoch, {"epoch": epoch}).update(
+            {k: float(v) for k, v in row.items() if v not in (None, "") and k != "epoch"}
+        )
+    return [merged[e] for e in sorted(merged)]
 
 
 def plot_training_curves(metrics_csv: Path, out_png: Path) -> None:

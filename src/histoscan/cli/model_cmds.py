@@ -58,3 +58,131 @@ def train(
     model_path = fit(source, cfg, out, manifest=manifest, groups_csv=groups or labels,
                      resume=resume, progress=not quiet)
     typer.echo(f"model written to {model_path}")
+
+
+TtaOpt = Annotated[str, typer.Option(help="Test-time augmentation: d4 (8 views), flip, none.")]
+
+
+def _subset_indices(source, model_file, subset: str):  # type: ignore[no-untyped-def]
+    """All patches, or only the model's recorded validation ids (never seen in training)."""
+    import numpy as np
+
+    from histoscan.errors import DataError
+
+    if subset == "all":
+        return np.arange(len(source))
+    if subset != "val":
+        raise DataError(f"unknown subset {subset!r} (all or val)")
+    val_ids = set(model_file.card.get("val_ids") or [])
+    idx = np.array([i for i, key in enumerate(source.ids) if key in val_ids], dtype=np.int64)
+    if len(idx) == 0:
+        raise DataError(f"{source.root}: none of the model's validation ids are in this data")
+    return idx
+
+
+@command("evaluate")
+def evaluate(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for metrics.json and plots.")],
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    split: SplitOpt = None,
+    subset: Annotated[str, typer.Option(help="all, or val: only the model's validation ids.")] = "all",
+    tta: TtaOpt = "d4",
+    threshold: Annotated[Optional[str], typer.Option(help="0.5, youden or sens:0.95.")] = None,
+    engine: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Metrics with a bootstrap CI, calibration before/after temperature scaling, and plots."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from histoscan.data.sources import open_source
+    from histoscan.evaluate import evaluate_model
+    from histoscan.predict import Predictor
+
+    predictor = Predictor.load(model, engine=engine)
+    source = open_source(data, labels=labels, split=split)
+    source.require_clean(need_labels=True)
+    idx = _subset_indices(source, predictor.model_file, subset)
+    result = evaluate_model(predictor, source, idx, out, tta=tta, threshold_rule=threshold,
+                            progress=not quiet)
+    table = Table(title=f"{predictor.name} on {len(idx)} patches ({subset}), TTA {tta}")
+    table.add_column("metric")
+    table.add_column("calibrated", justify="right")
+    table.add_column("before T", justify="right")
+    cal, raw = result["calibrated"], result["uncalibrated"]
+    lo, hi = cal["roc_auc_ci95"]
+    table.add_row("ROC AUC (95% CI)", f"{cal['roc_auc']:.4f} ({lo:.4f}-{hi:.4f})", "same")
+    for key in ("accuracy", "sensitivity", "specificity", "precision", "f1", "nll", "brier", "ece"):
+        table.add_row(key, f"{cal[key]:.4f}", f"{raw[key]:.4f}")
+    Console().print(table)
+    typer.echo(f"metrics and plots written to {out}")
+
+
+@command("predict")
+def predict(
+    data: DataArg,
+    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (id,label).")],
+    model: ModelOpt = None,
+    labels: LabelsOpt = None,
+    split: SplitOpt = None,
+    tta: TtaOpt = "d4",
+    engine: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime).")] = "torch",
+    batch_size: Annotated[int, typer.Option()] = 256,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Tumour probabilities in Kaggle's submission format (id,label = probability)."""
+    from histoscan.data.sources import open_source
+    from histoscan.errors import DataError
+    from histoscan.predict import Predictor, write_predictions
+
+    predictor = Predictor.load(model, engine=engine, batch_size=batch_size)
+    source = open_source(data, labels=labels, split=split)
+    if len(source) == 0:
+        raise DataError(f"{data}: no patches found")
+    dup = [p for p in source.problems if p.kind == "duplicate id"]
+    if dup:
+        raise DataError(f"{dup[0]}; ids must be unique in a submission")
+    probs = predictor.predict_source(source, tta=tta, progress=not quiet)
+    write_predictions(output, source.ids, probs)
+    typer.echo(f"{len(probs)} predictions written to {output}")
+
+
+@command("export-onnx")
+def export_onnx_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    model: ModelOpt = None,
+) -> None:
+    """Export a model (with its preprocessing and calibration) to ONNX for onnxruntime."""
+    from histoscan.models.bundle import load_model_file
+    from histoscan.predict import export_onnx
+
+    export_onnx(load_model_file(model), output)
+    typer.echo(f"ONNX model written to {output}")
+
+
+@command("models")
+def models() -> None:
+    """List the architectures that `train --model` accepts."""
+    from histoscan.models.registry import list_models, model_spec
+
+    for name in list_models():
+        spec = model_spec(name)
+        typer.echo(f"{name:18s} input {spec.input_px}px  Grad-CAM layer {spec.target_layer}")
+
+
+@command("ensemble")
+def ensemble(
+    members: Annotated[list[Path], typer.Argument(help="Model files of histocnn runs.")],
+    data: Annotated[Path, typer.Option(help="The data they were trained on (for validation).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")],
+    labels: LabelsOpt = None,
+) -> None:
+    """Average several models trained on one split into one calibrated model file."""
+    from histoscan.data.sources import open_source
+    from histoscan.train import build_ensemble
+
+    mf = build_ensemble(members, open_source(data, labels=labels), out)
+    typer.echo(f"ensemble of {len(members)} written to {out} "
+               f"(validation AUC with D4 TTA {mf.card['val_auc_tta_d4']:.4f})")

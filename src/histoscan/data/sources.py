@@ -109,7 +109,8 @@ class PatchSource:
     def describe(self) -> str:
         n_pos = int((self.labels == 1).sum())
         n_neg = int((self.labels == 0).sum())
-        return f"{self.kind} at {self.root} ({len(self)} patches, {n_pos} positive, {n_neg} negative)"
+        counts = f"{len(self)} patches, {n_pos} positive, {n_neg} negative"
+        return f"{self.kind} at {self.root} ({counts})"
 
     def require_clean(self, need_labels: bool = False) -> None:
         """Raise DataError on the first indexing problem, or if labels are needed but missing."""
@@ -159,7 +160,7 @@ def read_labels_csv(path: Path) -> tuple[dict[str, str], list[Problem]]:
     labels: dict[str, str] = {}
     problems: list[Problem] = []
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
                 raise DataError(f"{path}: expected a CSV with columns id,label")
@@ -209,9 +210,7 @@ class FileSource(PatchSource):
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(
-        p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-    )
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 
 def _duplicate_id_problems(files: Sequence[Path]) -> list[Problem]:
@@ -262,7 +261,7 @@ def open_labelled_folder(folder: Path, labels_csv: Path | None, kind: str) -> Fi
 
 
 def open_class_folders(root: Path) -> FileSource | None:
-    """``0/`` and ``1/`` (or negative|normal / positive|tumor) subfolders; None if not that layout."""
+    """``0/`` and ``1/`` (or negative|normal, positive|tumor) subfolders; None if not so."""
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     neg = [subdirs[n] for n in NEGATIVE_DIRS if n in subdirs]
     pos = [subdirs[n] for n in POSITIVE_DIRS if n in subdirs]
@@ -371,7 +370,9 @@ def gunzip_cached(src: Path, dest: Path, progress: bool = True) -> Path:
             open(src, "rb") as raw,
             gzip.GzipFile(fileobj=raw) as zipped,
             open(tmp, "wb") as out,
-            progress_bar(f"decompress {src.name}", total=src.stat().st_size, show=progress) as bar,
+            progress_bar(
+                f"decompress {src.name}", total=src.stat().st_size, show=progress, unit="B"
+            ) as bar,
         ):
             while chunk := zipped.read(1 << 22):
                 out.write(chunk)
@@ -384,4 +385,3 @@ def gunzip_cached(src: Path, dest: Path, progress: bool = True) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return dest
-

@@ -57,6 +57,8 @@ class PatchStore(PatchSource):
             raise DataError(f"{path}: not a readable histoscan store ({exc})") from exc
         if self.meta.get("format") != FORMAT:
             raise DataError(f"{path}: unknown store format {self.meta.get('format')!r}")
+        if len(ids) != len(labels):
+            raise DataError(f"{path}: ids.txt has {len(ids)} ids, labels.npy {len(labels)} labels")
         super().__init__(path, ids, labels)
         self.id_is_hash = bool(self.meta.get("id_is_hash", True))
         self._images: np.ndarray | None = None
@@ -97,12 +99,12 @@ class PatchStore(PatchSource):
 def read_manifest(path: Path) -> set[str]:
     """Ids marked to keep in an ``id,...,keep`` CSV (the audit's clean_manifest.csv)."""
     try:
-        with open(path, newline="") as fh:
+        with open(path, newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
             if reader.fieldnames is None or not {"id", "keep"} <= set(reader.fieldnames):
                 raise DataError(f"{path}: a manifest needs columns id and keep")
             return {
-                row["id"].strip()
+                (row["id"] or "").strip()
                 for row in reader
                 if (row["keep"] or "").strip().lower() in KEEP_WORDS
             }

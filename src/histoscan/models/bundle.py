@@ -6,6 +6,7 @@ values, never code.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ def save_model_file(path: Path, mf: ModelFile) -> None:
         "threshold": float(mf.threshold),
         "val_logits": None if mf.val_logits is None else torch.as_tensor(mf.val_logits).float(),
         "val_labels": None if mf.val_labels is None else torch.as_tensor(mf.val_labels).long(),
-        "card": mf.card,
+        "card": json.loads(json.dumps(mf.card, default=str)),  # plain values only
     }
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

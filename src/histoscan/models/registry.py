@@ -81,4 +81,4 @@ def create_model(name: str, pretrained: bool = False, **kwargs: Any) -> Any:
 
 def _load_builtin() -> None:
     # importing the modules runs their @register_model decorators
-    from histoscan.models import backbones, histocnn  # noqa: F401
+    from histoscan.models import backbones, ensemble, histocnn  # noqa: F401

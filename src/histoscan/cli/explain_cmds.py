@@ -1,0 +1,154 @@
+"""Subcommands that explain a model: explain (Grad-CAM), embed (feature map), report (HTML)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoscan.cli.app import command
+
+DataArg = Annotated[Path, typer.Argument(help="Patches: store, PCam HDF5, Kaggle root or folder.")]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", "-m", help="Model file (default: bundled).")
+]
+LabelsOpt = Annotated[Path | None, typer.Option(help="id,label CSV for a plain image folder.")]
+SplitOpt = Annotated[str | None, typer.Option(help="train/valid/test (PCam), train/test (Kaggle).")]
+LimitOpt = Annotated[
+    int | None, typer.Option(min=1, help="Use at most this many patches (random, seed 0).")
+]
+TtaOpt = Annotated[
+    str,
+    typer.Option(help="Test-time augmentation for probabilities: none, flip or d4 (8x slower)."),
+]
+
+
+def _open(data: Path, labels: Path | None, split: str | None):  # type: ignore[no-untyped-def]
+    from histoscan.data.sources import open_source
+
+    source = open_source(data, labels=labels, split=split)
+    source.require_clean()
+    return source
+
+
+def _check_tta(tta: str) -> None:
+    from histoscan.data.transforms import TTA_VIEWS
+    from histoscan.errors import HistoscanError
+
+    if tta not in TTA_VIEWS:
+        raise HistoscanError(f"unknown --tta {tta!r}; choose from {', '.join(TTA_VIEWS)}")
+
+
+@command("explain")
+def explain(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+    model: ModelOpt = None,
+    ids: Annotated[str | None, typer.Option(help="Comma-separated patch ids to explain.")] = None,
+    n: Annotated[int, typer.Option(min=1, help="Patches per case (TP, TN, FP, FN).")] = 8,
+    labels: LabelsOpt = None,
+    split: SplitOpt = None,
+    limit: LimitOpt = None,
+    tta: TtaOpt = "none",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Grad-CAM of chosen patches, or of the most confident TP, TN, FP and FN.
+
+    Writes OUT/gradcam.png (gallery), OUT/patches/*.png (patch beside overlay) and
+    OUT/explain.json (id, case, label, probability, share of the map inside the centre).
+    """
+    from histoscan.explain.runs import run_explain
+    from histoscan.models.bundle import load_model_file
+
+    _check_tta(tta)
+    wanted = [key.strip() for key in ids.split(",") if key.strip()] if ids else None
+    mf = load_model_file(model)
+    summary = run_explain(
+        mf,
+        _open(data, labels, split),
+        out,
+        ids=wanted,
+        n=n,
+        tta=tta,
+        limit=limit,
+        progress=not quiet,
+    )
+    counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
+    typer.echo(f"explained {len(summary['patches'])} patches ({counts}) into {out}")
+
+
+@command("embed")
+def embed(
+    data: DataArg,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write.")],
+    model: ModelOpt = None,
+    clusters: Annotated[int, typer.Option(min=1, help="k-means clusters.")] = 8,
+    labels: LabelsOpt = None,
+    split: SplitOpt = None,
+    limit: LimitOpt = None,
+    tta: TtaOpt = "none",
+    method: Annotated[str, typer.Option(help="2-D projection: umap or tsne.")] = "umap",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Map patches by the model's features: UMAP, k-means clusters and mislabel candidates.
+
+    Writes embedding.csv (id,x,y,label,prob,cluster), umap_label.png, umap_prob.png,
+    clusters.json, clusters.png and mislabel_candidates.csv/.png into OUT.
+    """
+    from histoscan.errors import HistoscanError
+    from histoscan.explain.embedding import PROJECTIONS
+    from histoscan.explain.runs import run_embed
+    from histoscan.models.bundle import load_model_file
+
+    _check_tta(tta)
+    if method not in PROJECTIONS:
+        raise HistoscanError(f"unknown --method {method!r}; choose from {', '.join(PROJECTIONS)}")
+    mf = load_model_file(model)
+    summary = run_embed(
+        mf,
+        _open(data, labels, split),
+        out,
+        n_clusters=clusters,
+        limit=limit,
+        tta=tta,
+        method=method,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"mapped {summary['n']} patches ({summary['method']}), "
+        f"{summary['mislabel_candidates']} mislabel candidates, into {out}"
+    )
+
+
+@command("report")
+def report(
+    model: Annotated[Path, typer.Argument(help="Model file, or a run directory with model.pt.")],
+    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled patches to evaluate on.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
+        "report.html"
+    ),
+    labels: LabelsOpt = None,
+    split: SplitOpt = None,
+    audit: Annotated[Path | None, typer.Option(help="audit.json to summarise.")] = None,
+    limit: LimitOpt = None,
+    tta: Annotated[str, typer.Option(help="TTA for the metrics: none, flip or d4.")] = "d4",
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """One self-contained HTML page: training, metrics with CIs, calibration, errors, embedding."""
+    from histoscan.report import build_report
+
+    _check_tta(tta)
+    summary = build_report(
+        model,
+        _open(data, labels, split),
+        out,
+        audit=audit,
+        limit=limit,
+        tta=tta,
+        progress=not quiet,
+    )
+    typer.echo(
+        f"report on {summary['n_eval']} evaluated / {summary['n_mapped']} mapped patches "
+        f"(ROC AUC {summary['roc_auc']:.4f}) written to {out}"
+    )

@@ -1,0 +1,95 @@
+"""``histoscan serve``: the HTTP API and the web page for one model."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import secrets
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from histoscan.cli.app import command
+
+log = logging.getLogger(__name__)
+
+
+def choose_engine(model: Path | None, engine: str | None) -> str:
+    """onnxruntime when the model has been exported (a .onnx file, or one beside the .pt)."""
+    if engine is not None:
+        return engine
+    from histoscan.models.bundle import bundled_model_path
+
+    path = model if model is not None else bundled_model_path()
+    return "onnx" if path.suffix == ".onnx" or path.with_suffix(".onnx").is_file() else "torch"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@command("serve")
+def serve(
+    model: Annotated[
+        Path | None, typer.Option("--model", "-m", help="Model file (default: bundled).")
+    ] = None,
+    host: Annotated[
+        str, typer.Option(help="Address to bind; other machines need 0.0.0.0.")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            help="Require 'Authorization: Bearer TOKEN' on /v1 (the page asks for it).",
+            envvar="HISTOSCAN_TOKEN",
+            show_envvar=True,
+        ),
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(help="torch or onnx (default: onnx when model.onnx exists beside the model)."),
+    ] = None,
+    max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 1024.0,
+    resize: Annotated[
+        bool, typer.Option(help="Accept patches of other sizes, resized to 96.")
+    ] = False,
+    tta: Annotated[str, typer.Option(help="Patch TTA: none, flip or d4.")] = "d4",
+    max_batch: Annotated[int, typer.Option(min=1, help="Most patches per forward pass.")] = 64,
+) -> None:
+    """Serve the model: API at /v1 (docs at /docs) and a page at / for patches and slides."""
+    import uvicorn
+
+    from histoscan.data.transforms import TTA_VIEWS
+    from histoscan.errors import HistoscanError
+    from histoscan.predict import Predictor
+    from histoscan.serve import ServeSettings, create_app
+
+    if token is not None and not token.strip():
+        raise HistoscanError("--token is empty; give a token or leave the option out")
+    if tta not in TTA_VIEWS:
+        raise HistoscanError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_VIEWS)}")
+    predictor = Predictor.load(model, engine=choose_engine(model, engine))
+    settings = ServeSettings(
+        token=token, max_upload_mb=max_upload_mb, resize=resize, tta=tta, max_batch=max_batch
+    )
+    app = create_app(predictor, settings)
+    if not is_loopback(host) and not token:
+        suggestion = secrets.token_urlsafe(16)
+        typer.secho(
+            f"warning: serving on {host} without a token: anyone who can reach this "
+            f"machine can use it; consider --token {suggestion}",
+            fg="yellow",
+            err=True,
+        )
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"histoscan: {predictor.name} v{predictor.version} ({predictor.engine}, TTA {tta}) "
+        f"on http://{shown}:{port}/  (API docs at /docs)"
+    )
+    uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)

@@ -1,0 +1,354 @@
+"""The audit's numbers (audit.json) and its page (audit.html): label analysis and summary.
+
+``summarise`` collects every number into one dict; the page is rendered from that dict (by
+``audit_page``), so the JSON and the HTML cannot disagree.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from histoscan.data import audit_features as af
+from histoscan.errors import DataError
+
+if TYPE_CHECKING:
+    from histoscan.data.audit import Audit
+
+
+def feature_table(features: np.ndarray, y: np.ndarray) -> list[dict]:
+    """Per feature: class means, point-biserial r (and p) with the label, univariate ROC AUC."""
+    from scipy.stats import pointbiserialr
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for k, (name, text) in enumerate(af.FEATURES.items()):
+        x = features[:, k].astype(np.float64)
+        r, p = (math.nan, math.nan) if np.ptp(x) == 0 else pointbiserialr(y, x)
+        rows.append(
+            {
+                "feature": name,
+                "description": text,
+                "mean_negative": float(x[y == 0].mean()),
+                "mean_positive": float(x[y == 1].mean()),
+                "point_biserial_r": float(r),
+                "p_value": float(p),
+                "auc": float(roc_auc_score(y, x)),
+            }
+        )
+    return rows
+
+
+def baseline_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[dict, np.ndarray]:
+    """Standardised logistic regression, stratified k-fold AUC; also out-of-fold probabilities."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    def model() -> Any:
+        return make_pipeline(
+            StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=200)
+        )
+
+    probs = np.zeros(len(y))
+    aucs = []
+    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
+        probs[test] = model().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
+        aucs.append(float(roc_auc_score(y[test], probs[test])))
+    coef = model().fit(x, y)[-1].coef_[0]
+    result = {
+        "n": len(y),
+        "positives": int(y.sum()),
+        "folds": folds,
+        "fold_auc": aucs,
+        "auc_mean": float(np.mean(aucs)),
+        "auc_sd": float(np.std(aucs, ddof=1)),
+        "standardised_coefficients": dict(zip(af.FEATURES, map(float, coef), strict=True)),
+    }
+    return result, probs
+
+
+def can_fit(y: np.ndarray, folds: int) -> str | None:
+    """Why a label analysis cannot run on ``y`` (0/1), or None."""
+    if min((y == 0).sum(), (y == 1).sum()) < folds:
+        return f"needs at least {folds} labelled patches of each class"
+    return None
+
+
+def _by_group(mask: np.ndarray, groups: np.ndarray) -> dict[str, int]:
+    return {g: int((mask & (groups == k)).sum()) for k, g in enumerate(af.GROUPS)}
+
+
+def _formats(source: Any) -> dict[str, int]:
+    """File suffixes of the patches (or the container, for stores and HDF5)."""
+    parts = getattr(source, "parts", [source])
+    counts: Counter[str] = Counter()
+    for part in parts:
+        files = getattr(part, "files", None)
+        if files is None:
+            counts[part.kind] += len(part)
+        else:
+            counts.update(f.suffix.lower() for f in files)
+    return dict(counts)
+
+
+def _about(audit: Audit, groups: np.ndarray) -> dict:
+    from histoscan.data.audit import split_names
+
+    source, scan = audit.source, audit.scan
+    splits = split_names(source)
+    counts = {}
+    for name in dict.fromkeys(splits.tolist()):
+        in_split = splits == name
+        counts[name] = _by_group(in_split, groups) | {"total": int(in_split.sum())}
+    images = Counter(reason for _, reason in scan.unreadable)
+    ids: dict[str, Any] = {"checked": bool(source.id_is_hash)}
+    if source.id_is_hash:
+        hexes = [bytes(d).hex() for d in scan.digest]
+        match = np.array([h == key.lower() for h, key in zip(hexes, source.ids, strict=True)])
+        bad = np.flatnonzero(scan.readable & ~match)
+        ids |= {"match": int((scan.readable & match).sum()), "mismatch": len(bad)}
+        ids["mismatched"] = [source.ids[i] for i in bad[:50]]
+    else:
+        ids["why"] = f"ids of a {source.kind} are not pixel hashes"
+    labelled = (groups < 2).sum()
+    return {
+        "patches": len(source),
+        "readable": int(scan.readable.sum()),
+        "by_class": _by_group(np.ones(len(source), bool), groups),
+        "positive_fraction": float((groups == 1).sum() / labelled) if labelled else None,
+        "by_split": counts,
+        "formats": _formats(source),
+        "images": {f"{af.PATCH_PX}x{af.PATCH_PX} RGB uint8": int(scan.readable.sum())}
+        | dict(images),
+        "ids": ids,
+        "indexing_problems": [str(p) for p in source.problems[:200]],
+        "indexing_problem_count": len(source.problems),
+        "unreadable": [
+            {"id": source.ids[i], "location": source.locate(i), "reason": reason}
+            for i, reason in scan.unreadable
+        ],
+    }
+
+
+def _distributions(audit: Audit) -> dict:
+    stats = audit.scan.stats
+    present = [k for k, g in enumerate(af.GROUPS) if stats.count[k]]
+    hist = {
+        af.GROUPS[g]: {
+            region: {ch: stats.hist[g, r, c].tolist() for c, ch in enumerate(af.HIST_RANGES)}
+            for r, region in enumerate(af.REGIONS)
+        }
+        for g in present
+    }
+    means = stats.mean_images()
+    border = np.ones((af.PATCH_PX, af.PATCH_PX), bool)
+    border[af.CENTRE] = False
+    mean_rgb = {
+        af.GROUPS[g]: {
+            "centre": means[g][af.CENTRE].reshape(-1, 3).mean(0).tolist(),
+            "border": means[g][border].mean(0).tolist(),
+        }
+        for g in present
+    }
+    # whole-patch mean and centre-minus-border difference give centre and border means
+    f_centre = af.CENTRE_PX**2 / af.PATCH_PX**2
+    groups = _groups(audit)
+    centre_border = {}
+    for g in present:
+        rows = audit.scan.readable & (groups == g)
+        table = {}
+        for name in ("brightness", "saturation", "tissue_fraction", "haematoxylin", "eosin"):
+            whole = float(np.mean(audit.scan.feature(name)[rows]))
+            diff_name = f"centre_{name.removesuffix('_fraction')}_diff"
+            diff = float(np.mean(audit.scan.feature(diff_name)[rows]))
+            table[name] = {
+                "centre": whole + (1 - f_centre) * diff,
+                "border": whole - f_centre * diff,
+            }
+        centre_border[af.GROUPS[g]] = table
+    return {
+        "histogram_bins": af.HIST_BINS,
+        "histogram_ranges": {ch: list(r) for ch, r in af.HIST_RANGES.items()},
+        "histogram_pixels": "every 4th pixel in each direction",
+        "histograms": hist,
+        "mean_rgb": mean_rgb,
+        "centre_vs_border": centre_border,
+    }
+
+
+def _groups(audit: Audit) -> np.ndarray:
+    from histoscan.data.audit import group_index
+
+    return group_index(audit.source.labels)
+
+
+def _outliers(audit: Audit, groups: np.ndarray) -> dict:
+    from histoscan.data.audit import RULE_SCORES
+
+    out = {}
+    for rule, (name, low_is_bad) in RULE_SCORES.items():
+        hit = audit.flags[rule]
+        score = audit.colour if name == "colour_score" else audit.scan.feature(name)
+        worst = np.flatnonzero(hit)[np.argsort(score[hit] * (1 if low_is_bad else -1))]
+        out[rule] = {
+            "count": int(hit.sum()),
+            "by_class": _by_group(hit, groups),
+            "score": name,
+            "worst": [{"id": audit.source.ids[i], "score": float(score[i])} for i in worst[:50]],
+        }
+    from histoscan.data.audit import split_names
+
+    dups, labels, splits = audit.dups, audit.source.labels, split_names(audit.source)
+    conflicts = [g for g in dups.near_groups if {0, 1} <= set(labels[g].tolist())]
+    members = {g[0]: g for g in dups.exact_groups}  # near groups hold first copies only
+
+    def across(groups: list[np.ndarray]) -> int:  # groups with patches in two splits: leakage
+        return sum(len(set(splits[np.concatenate([members.get(i, [i]) for i in g])])) > 1
+                   for g in groups)  # fmt: skip
+
+    out["duplicates"] = {
+        "exact_groups": len(dups.exact_groups),
+        "exact_extra_copies": int(sum(len(g) - 1 for g in dups.exact_groups)),
+        "exact_label_conflict_groups": int(
+            sum(audit.flags["label_conflict"][g[0]] for g in dups.exact_groups)
+        ),
+        "near_pairs": len(dups.near_pairs),
+        "near_groups": len(dups.near_groups),
+        "near_label_conflict_groups": len(conflicts),
+        "near_max_bits": audit.cfg.near_dup_bits,
+        "exact_groups_across_splits": across(dups.exact_groups),
+        "near_groups_across_splits": across(dups.near_groups),
+        "exact_examples": [[audit.source.ids[i] for i in g] for g in dups.exact_groups[:50]],
+        "near_examples": [
+            {"ids": [audit.source.ids[i] for i in p], "bits": int(b)}
+            for p, b in zip(dups.near_pairs[:50], dups.near_bits[:50], strict=True)
+        ],
+    }
+    return out
+
+
+def _cleaning(audit: Audit, groups: np.ndarray) -> dict:
+    keep = audit.keep
+    return {
+        "rules": audit.cfg.rules(),
+        "hits": {rule: _by_group(hit, groups) for rule, hit in audit.flags.items()},
+        "removed": _by_group(~keep, groups),
+        "kept": _by_group(keep, groups),
+        "removed_total": int((~keep).sum()),
+        "kept_total": int(keep.sum()),
+    }
+
+
+def _correlations(audit: Audit) -> dict:
+    if audit.features is None:
+        labels = audit.source.labels[audit.scan.readable]
+        return {"skipped": can_fit(labels[labels >= 0], audit.cfg.folds)}
+    ok = audit.scan.readable & (audit.source.labels >= 0)
+    x = np.column_stack([audit.scan.features[ok], audit.source.labels[ok]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = np.corrcoef(x, rowvar=False)
+    return {
+        "features": audit.features,
+        "feature_correlation": {"names": [*af.FEATURES, "label"], "matrix": corr.tolist()},
+        "baseline": audit.baseline,
+    }
+
+
+def summarise(audit: Audit) -> dict:
+    """Every number of the audit, JSON-ready (NaN becomes null)."""
+    from dataclasses import asdict
+
+    from histoscan import __version__
+
+    groups = _groups(audit)
+    source = audit.source
+    result = {
+        "histoscan_version": __version__,
+        "command": audit.command,
+        "source": {"description": source.describe(), "kind": source.kind, "root": str(source.root)},
+        "config": asdict(audit.cfg),
+        "about": _about(audit, groups),
+        "distributions": _distributions(audit),
+        "correlations": _correlations(audit),
+        "outliers": _outliers(audit, groups),
+        "cleaning": _cleaning(audit, groups),
+        "seconds": audit.seconds,
+    }
+    return _jsonable(result)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def write_report(folder: Path, audit: Audit, started: float) -> dict:
+    """Write clean_manifest.csv, audit.html, then audit.json with the time taken.
+
+    ``started`` is the ``time.perf_counter()`` when the audit began.
+    """
+    from histoscan.data.audit_page import render_page
+
+    t0 = time.perf_counter()
+    write_manifest(folder / "clean_manifest.csv", audit)
+    summary = summarise(audit)
+    (folder / "audit.html").write_text(render_page(summary, audit), encoding="utf-8")
+    audit.seconds["report"] = time.perf_counter() - t0
+    audit.seconds["total"] = time.perf_counter() - started
+    summary["seconds"] = dict(audit.seconds)
+    (folder / "audit.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def write_manifest(path: Path, audit: Audit) -> None:
+    """One row per patch: id, label (empty if unlabelled), keep (1/0), reason (rules hit)."""
+    keep = audit.keep
+    reasons = {int(i): audit.reasons(i) for i in np.flatnonzero(~keep)}
+    labels = audit.source.labels.tolist()
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "label", "keep", "reason"])
+        for i, key in enumerate(audit.source.ids):
+            label = "" if labels[i] < 0 else labels[i]
+            writer.writerow([key, label, 0 if i in reasons else 1, reasons.get(i, "")])
+
+
+def write_folder(out: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
+    """Run ``write(tmp)`` into a hidden folder beside ``out``, then move it into place."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
+        umask = os.umask(0)
+        os.umask(umask)
+        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should not be
+    except OSError as exc:
+        raise DataError(f"{out.parent}: cannot write there ({exc})") from exc
+    try:
+        write(tmp)
+        if out.exists() and overwrite:
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

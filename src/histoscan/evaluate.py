@@ -1,0 +1,220 @@
+"""Evaluation: threshold metrics, ROC AUC with a bootstrap CI, calibration, and plots."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histoscan.calibration import sigmoid
+from histoscan.data.sources import PatchSource
+from histoscan.errors import DataError
+
+log = logging.getLogger(__name__)
+
+
+def bootstrap_auc_ci(
+    labels: np.ndarray, scores: np.ndarray, n_boot: int = 1000, seed: int = 0, level: float = 0.95
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of the ROC AUC, resampling patches with replacement."""
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, n, n)
+        if labels[idx].min() == labels[idx].max():
+            continue  # a resample with one class has no AUC
+        aucs.append(roc_auc_score(labels[idx], scores[idx]))
+    alpha = (1 - level) / 2
+    return float(np.quantile(aucs, alpha)), float(np.quantile(aucs, 1 - alpha))
+
+
+def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int = 15) -> float:
+    """ECE with equal-width bins: sum over bins of |accuracy - confidence| weighted by size.
+
+    For a binary model, 'confidence' is the predicted probability of tumour and 'accuracy' the
+    observed tumour fraction in the bin (the reliability-diagram definition).
+    """
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(labels[mask].mean() - probs[mask].mean())
+    return float(ece)
+
+
+def compute_metrics(
+    labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5, n_boot: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Every number a reader needs for a binary classifier at one decision threshold."""
+    from sklearn.metrics import brier_score_loss, confusion_matrix, log_loss, roc_auc_score
+
+    y = np.asarray(labels, dtype=np.int64)
+    p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
+    if len(y) == 0:
+        raise DataError("no labelled patches to evaluate")
+    pred = (p >= threshold).astype(np.int64)
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    both = len(np.unique(y)) == 2
+    sens = tp / (tp + fn) if tp + fn else float("nan")
+    prec = tp / (tp + fp) if tp + fp else float("nan")
+    return {
+        "n": len(y),
+        "positives": int(y.sum()),
+        "threshold": float(threshold),
+        "roc_auc": float(roc_auc_score(y, p)) if both else float("nan"),
+        "roc_auc_ci95": list(bootstrap_auc_ci(y, p, n_boot, seed)) if both else [None, None],
+        "accuracy": float((tp + tn) / len(y)),
+        "sensitivity": float(sens),
+        "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
+        "precision": float(prec),
+        "f1": float(2 * prec * sens / (prec + sens)) if tp else 0.0,
+        "nll": float(log_loss(y, p, labels=[0, 1])),
+        "brier": float(brier_score_loss(y, p)),
+        "ece": expected_calibration_error(y, p),
+        "confusion": [[int(tn), int(fp)], [int(fn), int(tp)]],
+    }
+
+
+def evaluate_model(
+    predictor: Any,
+    source: PatchSource,
+    indices: Sequence[int] | None,
+    out_dir: Path,
+    tta: str = "d4",
+    threshold_rule: str | float | None = None,
+    progress: bool = True,
+    n_boot: int = 1000,
+) -> dict[str, Any]:
+    """Predict labelled patches, write ``metrics.json``, plots and ``predictions.csv``.
+
+    Metrics are reported before (T = 1) and after temperature scaling; AUC is the same for
+    both since scaling is monotonic, calibration numbers differ.
+    """
+    idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+    labels = source.labels[idx].astype(np.int64)
+    if len(idx) == 0 or (labels < 0).any():
+        raise DataError(f"{source.root}: evaluation needs labels for every patch")
+    logits = _predict_logits(predictor, source, idx, tta, progress)
+    probs_raw = sigmoid(logits)
+    probs = sigmoid(logits / predictor.temperature)
+    threshold = predictor.threshold(threshold_rule)
+    result = {
+        "model": predictor.name,
+        "data": source.describe(),
+        "tta": tta,
+        "temperature": predictor.temperature,
+        "threshold_rule": str(threshold_rule if threshold_rule is not None else "stored"),
+        "calibrated": compute_metrics(labels, probs, threshold, n_boot),
+        "uncalibrated": compute_metrics(labels, probs_raw, threshold, n_boot),
+    }
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["plots"] = write_plots(out_dir, labels, probs, probs_raw, result["calibrated"])
+    _atomic_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    from histoscan.predict import write_predictions
+
+    write_predictions(out_dir / "predictions.csv", [source.ids[i] for i in idx], probs,
+                      extra={"true_label": labels.tolist()})
+    return {**result, "probs": probs, "labels": labels, "logits": logits}
+
+
+def _predict_logits(predictor: Any, source: PatchSource, idx: np.ndarray, tta: str,
+                    progress: bool) -> np.ndarray:
+    from histoscan.progress import progress_bar
+
+    out = np.empty(len(idx))
+    chunk = 1024
+    with progress_bar("evaluate", total=len(idx), show=progress, unit="patches") as bar:
+        for start in range(0, len(idx), chunk):
+            images = source.read_many(idx[start:start + chunk])
+            out[start:start + len(images)] = predictor.logits(images, tta)
+            bar.advance(len(images))
+    return out
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+    os.replace(tmp, path)
+
+
+def write_plots(out_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_raw: np.ndarray,
+                metrics: dict[str, Any]) -> dict[str, str]:
+    """ROC, precision-recall, reliability (before/after temperature) and confusion PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+
+    paths = {}
+
+    def save(fig: Any, name: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out_dir / f"{name}.png", dpi=110)
+        plt.close(fig)
+        paths[name] = str(out_dir / f"{name}.png")
+
+    fpr, tpr, _ = roc_curve(labels, probs)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    lo, hi = metrics["roc_auc_ci95"]
+    ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC curve")
+    ax.legend(loc="lower right", fontsize=8)
+    save(fig, "roc")
+
+    precision, recall, _ = precision_recall_curve(labels, probs)
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.plot(recall, precision, label=f"AP {average_precision_score(labels, probs):.4f}")
+    ax.axhline(labels.mean(), ls="--", c="grey", lw=0.8, label="prevalence")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
+    ax.legend(loc="lower left", fontsize=8)
+    save(fig, "pr")
+
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    for name, p in (("before (T=1)", probs_raw), ("after temperature scaling", probs)):
+        centres, observed, counts = reliability_bins(labels, p)
+        ax.plot(centres, observed, marker="o", ms=3,
+                label=f"{name}, ECE {expected_calibration_error(labels, p):.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
+    ax.set(xlabel="predicted probability", ylabel="observed tumour fraction",
+           title="Reliability diagram")
+    ax.legend(loc="upper left", fontsize=8)
+    save(fig, "reliability")
+
+    fig, ax = plt.subplots(figsize=(3.8, 3.4))
+    cm = np.asarray(metrics["confusion"])
+    ax.imshow(cm, cmap="Blues")
+    for (i, j), v in np.ndenumerate(cm):
+        ax.text(j, i, str(v), ha="center", va="center",
+                color="white" if v > cm.max() / 2 else "black")
+    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "tumour"],
+           yticklabels=["normal", "tumour"], xlabel="predicted", ylabel="true",
+           title=f"Confusion at threshold {metrics['threshold']:.2f}")
+    save(fig, "confusion")
+    return paths
+
+
+def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean predicted probability, observed positive fraction and count per non-empty bin."""
+    edges = np.linspace(0, 1, bins + 1)
+    which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
+    rows = [(probs[which == b].mean(), labels[which == b].mean(), (which == b).sum())
+            for b in range(bins) if (which == b).any()]
+    centres, observed, counts = (np.array(col) for col in zip(*rows, strict=True))
+    return centres, observed, counts

@@ -1,0 +1,297 @@
+"""The ``explain`` and ``embed`` commands' work: pick patches, compute, write one output folder.
+
+Output folders are built under a hidden name beside the target and renamed at the end, so an
+interrupted run never leaves a folder that looks finished.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from histoscan.data.sources import PatchSource
+from histoscan.errors import DataError
+from histoscan.explain import figures
+from histoscan.explain.embedding import infer_source, map_embedding
+from histoscan.explain.gradcam import GradCAM, centre_fraction, overlay, with_centre_box
+from histoscan.models.bundle import ModelFile
+
+CASES = ("TP", "TN", "FP", "FN")
+
+
+@contextmanager
+def atomic_output_dir(out: Path, marker: str) -> Iterator[Path]:
+    """Yield a fresh hidden folder beside ``out``; on success it replaces ``out``.
+
+    An existing ``out`` is replaced only when empty or holding ``marker`` (a previous output of
+    the same command); anything else is an error, so no user folder is ever deleted.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
+        raise DataError(f"{out}: folder exists and holds no {marker}; choose another --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
+    try:
+        yield tmp
+        if out.exists():
+            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
+            os.replace(out, old / "out")
+            os.replace(tmp, out)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def indices_for_ids(source: PatchSource, ids: Sequence[str]) -> np.ndarray:
+    """Source indices of ``ids``, in the order given; DataError naming the unknown ones."""
+    where = {key: i for i, key in enumerate(source.ids)}
+    missing = [key for key in ids if key not in where]
+    if missing:
+        more = f" (and {len(missing) - 3} more)" if len(missing) > 3 else ""
+        raise DataError(f"{source.root}: no patch with id {', '.join(missing[:3])}{more}")
+    return np.array([where[key] for key in ids], dtype=np.int64)
+
+
+def sample_indices(candidates: np.ndarray, limit: int | None, seed: int = 0) -> np.ndarray:
+    """At most ``limit`` of ``candidates``, drawn at random and kept in source order."""
+    if limit is None or limit >= len(candidates):
+        return np.asarray(candidates, dtype=np.int64)
+    if limit < 1:
+        raise DataError("--limit must be at least 1")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(candidates, size=limit, replace=False)).astype(np.int64)
+
+
+def case_of(label: int, prob: float, threshold: float) -> str:
+    """TP, TN, FP or FN for a labelled patch; '?' for an unlabelled one."""
+    if label < 0:
+        return "?"
+    called = prob >= threshold
+    return {(1, True): "TP", (0, False): "TN", (0, True): "FP", (1, False): "FN"}[(label, called)]
+
+
+def select_cases(
+    labels: np.ndarray, probs: np.ndarray, threshold: float, n: int
+) -> tuple[np.ndarray, list[str]]:
+    """The ``n`` most confident TP, TN, FP and FN (positions into the arrays) and their cases."""
+    called = probs >= threshold
+    pools = {
+        "TP": (labels == 1) & called,
+        "TN": (labels == 0) & ~called,
+        "FP": (labels == 0) & called,
+        "FN": (labels == 1) & ~called,
+    }
+    chosen: list[int] = []
+    groups: list[str] = []
+    for case in CASES:
+        idx = np.flatnonzero(pools[case])
+        # most confident: furthest from the threshold on the side the model chose
+        order = np.argsort(-np.abs(probs[idx] - threshold), kind="stable")
+        picked = idx[order[:n]].tolist()
+        chosen += picked
+        groups += [case] * len(picked)
+    return np.array(chosen, dtype=np.int64), groups
+
+
+def run_explain(
+    mf: ModelFile,
+    source: PatchSource,
+    out: Path,
+    ids: Sequence[str] | None = None,
+    n: int = 8,
+    tta: str = "none",
+    limit: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Grad-CAM for chosen ids, or for the most confident TP/TN/FP/FN: gallery, PNGs, JSON."""
+    if n < 1:
+        raise DataError("--n must be at least 1")
+    with atomic_output_dir(out, "explain.json") as tmp:
+        if ids:
+            idx = indices_for_ids(source, ids)
+            probs = infer_source(mf, source, idx, tta, progress=progress).probs(mf.temperature)
+            labels = source.labels[idx].astype(np.int64)
+            pos = np.arange(len(idx))
+            groups = [
+                case_of(int(y), float(p), mf.threshold) for y, p in zip(labels, probs, strict=True)
+            ]
+        else:
+            labelled = np.flatnonzero(source.labels >= 0)
+            if len(labelled) == 0:
+                raise DataError(f"{source.root}: no labels, so no TP/TN/FP/FN; pass --ids")
+            idx = sample_indices(labelled, limit)
+            probs = infer_source(mf, source, idx, tta, progress=progress).probs(mf.temperature)
+            labels = source.labels[idx].astype(np.int64)
+            pos, groups = select_cases(labels, probs, mf.threshold, n)
+        images = source.read_many(idx[pos])
+        maps = GradCAM(mf).explain(images)
+        fractions = centre_fraction(maps)
+        (tmp / "gradcam.png").write_bytes(
+            figures.gallery_png(images, maps, probs[pos], labels[pos], groups)
+        )
+        rows = _write_patch_pngs(tmp / "patches", source, idx[pos], images, maps, groups)
+        for row, j, frac in zip(rows, pos, fractions, strict=True):
+            row.update(
+                label=int(labels[j]),
+                prob=round(float(probs[j]), 6),
+                centre_fraction=None if np.isnan(frac) else round(float(frac), 4),
+            )
+        summary = {
+            "model": str(mf.path),
+            "data": source.describe(),
+            "tta": tta,
+            "temperature": mf.temperature,
+            "threshold": mf.threshold,
+            "target_layer": mf.spec.target_layer,
+            "n_scanned": len(idx),
+            "counts": {g: groups.count(g) for g in dict.fromkeys(groups)},
+            "patches": rows,
+        }
+        (tmp / "explain.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _write_patch_pngs(
+    folder: Path,
+    source: PatchSource,
+    indices: np.ndarray,
+    images: np.ndarray,
+    maps: np.ndarray,
+    groups: Sequence[str],
+) -> list[dict[str, Any]]:
+    """One PNG per patch: the patch and its overlay side by side, enlarged 2x, centre outlined."""
+    folder.mkdir()
+    rows = []
+    rank: dict[str, int] = {}
+    for i, image, cam, group in zip(indices, images, maps, groups, strict=True):
+        rank[group] = rank.get(group, 0) + 1
+        name = f"{group.replace('?', 'unlabelled')}_{rank[group]:02d}_{source.ids[i]}.png"
+        pair = np.concatenate([with_centre_box(image), with_centre_box(overlay(image, cam))], 1)
+        Image.fromarray(pair).save(folder / name)
+        rows.append({"id": source.ids[i], "case": group, "file": f"patches/{name}"})
+    return rows
+
+
+def run_embed(
+    mf: ModelFile,
+    source: PatchSource,
+    out: Path,
+    n_clusters: int = 8,
+    limit: int | None = None,
+    tta: str = "none",
+    method: str = "umap",
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embedding map, clusters and mislabel candidates of (up to ``limit``) patches."""
+    if n_clusters < 1:
+        raise DataError("--clusters must be at least 1")
+    with atomic_output_dir(out, "clusters.json") as tmp:
+        idx = sample_indices(np.arange(len(source)), limit)
+        result = infer_source(mf, source, idx, tta, progress=progress)
+        probs = result.probs(mf.temperature)
+        labels = source.labels[idx].astype(np.int64)
+        emap = map_embedding(result.features, labels, probs, n_clusters, method)
+        ids = [source.ids[i] for i in idx]
+        with open(tmp / "embedding.csv", "w", newline="") as fh:
+            writer = csv.writer(fh, lineterminator="\n")
+            writer.writerow(["id", "x", "y", "label", "prob", "cluster"])
+            for j, key in enumerate(ids):
+                writer.writerow(
+                    [
+                        key,
+                        f"{emap.xy[j, 0]:.4f}",
+                        f"{emap.xy[j, 1]:.4f}",
+                        labels[j] if labels[j] >= 0 else "",
+                        f"{probs[j]:.6f}",
+                        int(emap.cluster[j]),
+                    ]
+                )
+        write_embedding_figures(tmp, source, idx, emap, labels, probs)
+        clusters = [{**c, "exemplars": [ids[j] for j in c["exemplars"]]} for c in emap.clusters]
+        summary = {
+            "model": str(mf.path),
+            "data": source.describe(),
+            "tta": tta,
+            "method": emap.method,
+            "n": len(idx),
+            "clusters": clusters,
+            "mislabel_candidates": len(emap.mislabels),
+        }
+        (tmp / "clusters.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def write_embedding_figures(
+    folder: Path,
+    source: PatchSource,
+    idx: np.ndarray,
+    emap: Any,
+    labels: np.ndarray,
+    probs: np.ndarray,
+) -> None:
+    """umap_label.png, umap_prob.png, clusters.png, mislabel_candidates.csv and .png."""
+    name = emap.method.upper().replace("TSNE", "t-SNE")
+    (folder / "umap_label.png").write_bytes(
+        figures.scatter_png(emap.xy, labels, "label", f"{name} of model features, by label")
+    )
+    (folder / "umap_prob.png").write_bytes(
+        figures.scatter_png(emap.xy, probs, "prob", f"{name}, by predicted probability")
+    )
+    (folder / "clusters.png").write_bytes(cluster_strip(source, idx, emap.clusters))
+    with open(folder / "mislabel_candidates.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["id", "label", "prob", "cluster"])
+        for j in emap.mislabels:
+            writer.writerow(
+                [source.ids[idx[j]], labels[j], f"{probs[j]:.6f}", int(emap.cluster[j])]
+            )
+    (folder / "mislabel_candidates.png").write_bytes(
+        mislabel_grid(source, idx, emap.mislabels, labels, probs)
+    )
+
+
+def cluster_strip(source: PatchSource, idx: np.ndarray, clusters: list[dict[str, Any]]) -> bytes:
+    """The cluster exemplar strip, one titled row per cluster."""
+    exemplars = [source.read_many(idx[c["exemplars"]]) for c in clusters]
+    titles = []
+    for c in clusters:
+        tumour = "?" if c["tumour_fraction"] is None else f"{c['tumour_fraction']:.2f}"
+        titles.append(
+            f"cluster {c['cluster']}  n={c['size']}\n"
+            f"tumour fraction {tumour}\nmean p {c['mean_prob']:.2f}"
+        )
+    return figures.cluster_strip_png(exemplars, titles)
+
+
+def mislabel_grid(
+    source: PatchSource,
+    idx: np.ndarray,
+    mislabels: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    limit: int = 32,
+) -> bytes:
+    """Thumbnails of the most confident disagreements, captioned with probability and label."""
+    top = mislabels[:limit]
+    if len(top) == 0:
+        return figures.message_png("no confident disagreements (label 0 with p>0.9, 1 with p<0.1)")
+    captions = [figures.caption(float(probs[j]), int(labels[j])) for j in top]
+    return figures.thumbnail_grid_png(source.read_many(idx[top]), captions)

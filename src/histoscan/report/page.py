@@ -1,0 +1,371 @@
+"""The report page: one HTML string with inline CSS and PNG data URIs, so it opens offline.
+
+Each section is one short function that turns ``ReportData`` into prose, tables and figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from typing import Any
+
+import numpy as np
+
+from histoscan.report.build import ReportData
+
+SECTIONS = {
+    "summary": "Summary",
+    "training": "What was trained, on what",
+    "metrics": "How good it is",
+    "calibration": "Are the probabilities honest?",
+    "gradcam": "Where it looks and where it fails",
+    "embedding": "What the model sees",
+    "mislabels": "Mislabel candidates",
+    "audit": "Data audit",
+}
+TTA_WORDS = {
+    "none": "one view",
+    "flip": "2 views (identity and flip)",
+    "d4": "8 views (rotations and flips)",
+}
+
+CSS = """
+body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;
+ margin:0;background:#eef0f3}
+main{max-width:1140px;margin:0 auto;padding:26px 32px 60px;background:#fff}
+h1{font-size:26px;margin:0 0 4px}
+h2{font-size:20px;margin:34px 0 8px;padding-top:14px;border-top:1px solid #e3e6ea}
+h3{font-size:16px;margin:18px 0 6px}
+.sub{color:#5b6472;margin:0 0 10px;font-size:13.5px}
+nav{font-size:13px;margin:8px 0 6px}nav a{margin-right:14px;color:#2856a3;text-decoration:none}
+.cards{display:flex;flex-wrap:wrap;gap:12px;margin:14px 0 10px}
+.card{flex:1 1 200px;border:1px solid #dde1e6;border-radius:8px;padding:10px 14px;
+ background:#f8f9fb}
+.card b{display:block;font-size:26px;line-height:1.2}.card span{font-size:12.5px;color:#5b6472}
+table{border-collapse:collapse;font-size:13.5px;margin:8px 0}
+td,th{border-bottom:1px solid #e6e8eb;padding:4px 10px;text-align:left;vertical-align:top}
+th{background:#f1f3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
+table.kv td:first-child{color:#5b6472;white-space:nowrap}
+.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
+.row>*{flex:0 1 auto;min-width:0}.half{max-width:calc(50% - 9px)}
+img{max-width:100%;height:auto}
+.note{background:#fff7e0;border-left:4px solid #e0a800;padding:8px 12px;margin:10px 0}
+details{margin:8px 0;font-size:13.5px}code{background:#f1f3f5;padding:1px 4px;border-radius:3px}
+footer{margin-top:40px;font-size:12px;color:#7a8290}
+"""
+
+
+def esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def img(png: bytes | None, alt: str, cls: str = "") -> str:
+    """An <img> with the PNG inline as a data URI, or a short note when there is none."""
+    if not png:
+        return f"<p><i>{esc(alt)}: not available.</i></p>"
+    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+    return f'<img{f" class={cls}" if cls else ""} src="{uri}" alt="{esc(alt)}">'
+
+
+def table(rows: list[list[Any]], head: list[str] | None = None, cls: str = "") -> str:
+    """A table; numbers are right-aligned."""
+
+    def cell(v: Any, tag: str = "td") -> str:
+        numeric = tag == "td" and isinstance(v, int | float) and not isinstance(v, bool)
+        return f"<{tag}{' class=n' if numeric else ''}>{esc(v)}</{tag}>"
+
+    top = "<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else ""
+    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
+    return f"<table{f' class={cls}' if cls else ''}>{top}{body}</table>"
+
+
+def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score 95% interval of a proportion k/n."""
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
+def pct(x: float | None) -> str:
+    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.1f}%"
+
+
+def plural(n: Any, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def render(d: ReportData) -> str:
+    """The whole page as one HTML string."""
+    from histoscan import __version__
+
+    card = d.mf.card
+    name = card.get("name") or card.get("model") or d.mf.spec.name
+    parts = [
+        f"<h1>Model report: {esc(name)}</h1>",
+        f"<p class=sub>{esc(d.mf.path)} &middot; evaluated on {esc(d.source.describe())} "
+        f"&middot; generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
+        "<nav>" + "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in SECTIONS.items()) + "</nav>",
+    ]
+    for section in (
+        _summary,
+        _training,
+        _metrics,
+        _calibration,
+        _gradcam,
+        _embedding,
+        _mislabels,
+        _audit,
+    ):
+        parts.append(section(d))
+    parts.append(
+        f"<footer>histoscan {esc(__version__)}. Reproduce: <code>histoscan report "
+        f"{esc(d.mf.path)} --data {esc(d.source.root)} --out report.html</code></footer>"
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>{esc(name)}: model report</title><style>{CSS}</style></head><body><main>\n"
+        + "\n".join(parts)
+        + "\n</main></body></html>\n"
+    )
+
+
+def _section(key: str, body: str) -> str:
+    return f'<section id="{key}"><h2>{esc(SECTIONS[key])}</h2>{body}</section>'
+
+
+def _summary(d: ReportData) -> str:
+    m, card = d.metrics, d.mf.card
+    lo, hi = m["roc_auc_ci95"]
+    auc = "n/a" if lo is None else f"{m['roc_auc']:.3f}"
+    ci = "" if lo is None else f", 95% CI {lo:.3f}&ndash;{hi:.3f}"
+    (_, fp), (fn, _) = m["confusion"]
+    cards = [
+        (auc, f"ROC AUC{ci}"),
+        (pct(m["sensitivity"]), "sensitivity: tumour patches found"),
+        (pct(m["specificity"]), "specificity: normal patches cleared"),
+        (f"{m['n']:,}", f"patches evaluated, {m['positives']:,} with tumour"),
+    ]
+    boxes = "".join(f"<div class=card><b>{v}</b><span>{t}</span></div>" for v, t in cards)
+    where = (
+        "patches the model held out for validation while training"
+        if d.on_val_ids
+        else "every labelled patch given"
+    )
+    text = (
+        f"<p>This is a <b>{esc(d.mf.spec.name)}</b> network trained for "
+        f"{plural(card.get('epochs_run', '?'), 'epoch')} on {card.get('n_train', '?')} patches of "
+        f"{esc(card.get('data', 'unrecorded data'))}. It reads a 96&times;96 pixel H&amp;E patch "
+        "of a lymph node and gives the probability that the <b>centre 32&times;32 pixels</b> hold "
+        "tumour (the PCam label: tumour elsewhere in the patch does not count).</p>"
+        f"<p>On {m['n']:,} {where}, it ranks a random tumour patch above a random normal one "
+        f"with probability {auc} (the ROC AUC). At its decision threshold {m['threshold']:.2f} "
+        f"it finds {pct(m['sensitivity'])} of tumour patches and clears "
+        f"{pct(m['specificity'])} of normal ones: {fn} missed tumour "
+        f"patch{'' if fn == 1 else 'es'} and {plural(fp, 'false alarm')}.</p>"
+    )
+    if not d.on_val_ids:
+        text += (
+            "<p class=note>None of the model's validation patches are in this data (or the "
+            "model file lists none), so the metrics use all labelled patches. If the model "
+            "was trained on some of them, the numbers are optimistic.</p>"
+        )
+    return _section("summary", f"<div class=cards>{boxes}</div>{text}")
+
+
+def _training(d: ReportData) -> str:
+    card, spec = d.mf.card, d.mf.spec
+    n_params = sum(p.numel() for p in d.mf.net.parameters())
+    secs = card.get("train_seconds")
+    cfg = card.get("config") or {}
+    recipe = ", ".join(
+        f"{k} {cfg[k]}"
+        for k in ("batch_size", "lr", "weight_decay", "label_smoothing", "precision", "seed")
+        if k in cfg
+    )
+    rows = [
+        ["architecture", f"{spec.name}: {n_params:,} parameters, input {spec.input_px} px"],
+        ["training data", card.get("data", "not recorded")],
+        ["validation split", card.get("split", "not recorded")],
+        ["patches (train / validation)", f"{card.get('n_train', '?')} / {card.get('n_val', '?')}"],
+        ["epochs run", str(card.get("epochs_run", "?"))],
+        ["training time", "not recorded" if secs is None else f"{secs / 60:.1f} min"],
+        ["recipe", recipe or "not recorded"],
+        ["validation AUC while training (8 views)", str(card.get("val_auc_tta_d4", "?"))],
+        ["temperature / threshold", f"{d.mf.temperature:.3f} / {d.mf.threshold:.2f}"],
+        ["trained", card.get("trained", "?")],
+    ]
+    flat = []
+    for key, value in cfg.items():
+        items = value.items() if isinstance(value, dict) else [(None, value)]
+        flat += [[f"{key}.{sub}" if sub else key, str(v)] for sub, v in items]
+    full = f"<details><summary>full configuration</summary>{table(flat, cls='kv')}</details>"
+    curves = d.images.get("curves")
+    text = (
+        (
+            "<p>As logged while training. A validation loss that rises while the training loss "
+            "falls means overfitting; a curve still climbing at the end means more epochs would "
+            "help.</p>" + img(curves, "training curves")
+        )
+        if curves
+        else ("<p><i>The model file holds no per-epoch history.</i></p>")
+    )
+    return _section("training", table(rows, cls="kv") + full + "<h3>Training curves</h3>" + text)
+
+
+def _metrics(d: ReportData) -> str:
+    m = d.metrics
+    (tn, fp), (fn, tp) = m["confusion"]
+    lo, hi = m["roc_auc_ci95"]
+
+    def prop(k: int, n: int) -> str:
+        return "n/a" if n == 0 else "{} to {}".format(*map(pct, wilson(k, n)))
+
+    rows = [
+        [
+            "ROC AUC",
+            f"{m['roc_auc']:.4f}",
+            "n/a" if lo is None else f"{lo:.4f} to {hi:.4f}",
+            "ranking quality over all thresholds",
+        ],
+        ["sensitivity", pct(m["sensitivity"]), prop(tp, tp + fn), "tumour patches called tumour"],
+        ["specificity", pct(m["specificity"]), prop(tn, tn + fp), "normal patches called normal"],
+        ["precision", pct(m["precision"]), prop(tp, tp + fp), "tumour calls that are right"],
+        ["accuracy", pct(m["accuracy"]), prop(tp + tn, m["n"]), "all calls that are right"],
+        ["F1", f"{m['f1']:.3f}", "", "balance of precision and sensitivity"],
+    ]
+    body = (
+        f"<p>{m['n']:,} patches ({m['positives']:,} tumour), decision threshold "
+        f"{m['threshold']:.2f}, probabilities averaged over {TTA_WORDS.get(d.tta, d.tta)}. "
+        "95% intervals: bootstrap over patches for the AUC, Wilson for proportions. Patches from "
+        "one slide are alike, so with few slides the true uncertainty is wider.</p>"
+        "<div class=row><div>"
+        + table(rows, ["metric", "value", "95% CI", "meaning"])
+        + "</div>"
+        + img(d.images.get("confusion"), "confusion matrix")
+        + "</div>"
+        "<div class=row>"
+        + img(d.images.get("roc"), "ROC curve", "half")
+        + img(d.images.get("pr"), "precision-recall curve", "half")
+        + "</div>"
+    )
+    return _section("metrics", body)
+
+
+def _calibration(d: ReportData) -> str:
+    m, raw = d.metrics, d.metrics_raw
+    names = {"nll": "log loss (NLL)", "brier": "Brier score", "ece": "calibration error (ECE)"}
+    rows = [[names[k], round(raw[k], 4), round(m[k], 4)] for k in names]
+    note = (
+        "<p class=note>T was fitted on these same validation patches, so the calibration "
+        "after scaling is measured in-sample and is somewhat optimistic.</p>"
+        if d.on_val_ids
+        else ""
+    )
+    text = (
+        f"<p>A calibrated model's 0.8 means tumour 8 times in 10. Temperature scaling "
+        f"divides the logits by T = {d.mf.temperature:.3f}, fitted on the validation split; "
+        "it changes the probabilities, never the ranking. Lower is better for all three "
+        "numbers. In the diagram, points on the diagonal are calibrated.</p>"
+        + table(rows, ["", "before (T = 1)", "after scaling"])
+        + note
+    )
+    body = (
+        f"<div class=row><div class=half>{text}</div>"
+        + img(d.images.get("reliability"), "reliability diagram", "half")
+        + "</div>"
+    )
+    return _section("calibration", body)
+
+
+def _gradcam(d: ReportData) -> str:
+    share = "; ".join(
+        f"{g} {pct(v)}" if v is not None else f"{g}: no tumour evidence" for g, v in d.cases.items()
+    )
+    body = (
+        "<p>The most confident correct and wrong calls among the evaluated patches, with "
+        "captions giving the probability and the true label. Below each patch, Grad-CAM colours "
+        "red the regions that raised the tumour logit most (at layer "
+        f"<code>{esc(d.mf.spec.target_layer)}</code>) and blue those that did not; a patch with "
+        "no evidence for tumour anywhere is all blue. The green square is the centre region the "
+        "label refers to. A model that follows the label should look inside it; its confident "
+        "errors show what fools it, for example dense lymphocytes, folds, odd staining, or "
+        "tumour just outside the centre.</p>"
+        f"<p>Share of the Grad-CAM weight inside the centre square (1/9 of the patch, 11% if "
+        f"spread evenly): {esc(share) or 'n/a'}.</p>" + img(d.images.get("gradcam"), "Grad-CAM")
+    )
+    return _section("gradcam", body)
+
+
+def _embedding(d: ReportData) -> str:
+    e = d.embedding
+    method = {"umap": "UMAP", "tsne": "t-SNE"}.get(e.method, e.method.upper())
+    rows, worst = [], None
+    for c in e.clusters:
+        tf = c["tumour_fraction"]
+        rows.append(
+            [c["cluster"], c["size"], "?" if tf is None else round(tf, 2), round(c["mean_prob"], 2)]
+        )
+        if tf is not None and (worst is None or abs(tf - c["mean_prob"]) > worst[1]):
+            worst = (c, abs(tf - c["mean_prob"]))
+    gap = (
+        ""
+        if worst is None
+        else f" The widest gap between tumour fraction and mean probability is in cluster "
+        f"{worst[0]['cluster']} ({worst[0]['tumour_fraction']:.2f} against "
+        f"{worst[0]['mean_prob']:.2f}): the model misjudges that kind of tissue most."
+    )
+    body = (
+        f"<p>Each dot is one of {d.n_mapped:,} patches, placed by {method} so that patches the "
+        "network represents alike (its features before the last layer) lie close together. "
+        "Where the colours of the left map mix, the model cannot tell the classes apart. "
+        "Probabilities here come from one view.</p><div class=row>"
+        + img(d.images.get("umap_label"), "map coloured by label", "half")
+        + img(d.images.get("umap_prob"), "map coloured by probability", "half")
+        + "</div>"
+        f"<h3>Clusters</h3><p>k-means on the same features; each strip shows the patches nearest "
+        f"the cluster's centre.{gap}</p><div class=row><div>"
+        + table(rows, ["cluster", "patches", "tumour fraction", "mean P(tumour)"])
+        + "</div>"
+        + img(d.images.get("clusters"), "cluster exemplars")
+        + "</div>"
+    )
+    return _section("embedding", body)
+
+
+def _mislabels(d: ReportData) -> str:
+    n = len(d.embedding.mislabels)
+    shown = f" The {min(n, 24)} most confident are shown." if n else ""
+    body = (
+        f"<p>{n:,} labelled patch{'' if n == 1 else 'es'} where the model is confident and "
+        "the label disagrees (label 0 with P &gt; 0.9, or label 1 with P &lt; 0.1). Some are model "
+        "errors, some wrong labels, some tumour lying just outside the centre; worth a "
+        f"pathologist's look before the next training run.{shown}</p>"
+    ) + img(d.images.get("mislabels"), "mislabel candidates")
+    return _section("mislabels", body)
+
+
+def _audit(d: ReportData) -> str:
+    if d.audit is None:
+        return _section(
+            "audit",
+            "<p><i>No audit given: run <code>histoscan audit DATA</code> "
+            "and pass <code>--audit audit.json</code> to include one.</i></p>",
+        )
+    rows: list[list[Any]] = []
+    for key, value in d.audit.items():
+        if isinstance(value, dict):
+            rows += [[f"{key}.{k}", v] for k, v in value.items() if _scalar(v)]
+        elif isinstance(value, list):
+            rows.append([key, f"{len(value)} items"])
+        elif _scalar(value):
+            rows.append([key, value])
+    return _section(
+        "audit",
+        "<p>The top-level numbers of the data audit.</p>" + table(rows[:60], ["item", "value"]),
+    )
+
+
+def _scalar(value: Any) -> bool:
+    return value is None or isinstance(value, str | int | float | bool)

@@ -1,0 +1,1 @@
+"""Tests of histoscan.slide (a package, so its conftest does not shadow tests/conftest.py)."""

@@ -1,0 +1,169 @@
+"""The HTML report: one self-contained page with every section, and images that decode."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from html.parser import HTMLParser
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import make_patch, write_labels, write_patches
+from PIL import Image
+from typer.testing import CliRunner
+
+from histoscan.data.sources import open_source
+from histoscan.models.bundle import ModelFile, save_model_file
+from histoscan.models.registry import create_model, model_spec
+from histoscan.report import SECTIONS, build_report, report_indices
+
+
+class PageParser(HTMLParser):
+    """Collects section ids, image sources and whether anything refers outside the page."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: list[str] = []
+        self.external: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        attr = dict(attrs)
+        if tag == "section":
+            self.sections.append(attr.get("id") or "")
+        if tag == "img":
+            self.images.append(attr.get("src") or "")
+        if tag in ("script", "link") or (tag == "img" and not (attr.get("src") or "").startswith(
+            "data:")):
+            self.external.append(tag)
+
+
+def parse_page(path: Path) -> PageParser:
+    parser = PageParser()
+    parser.feed(path.read_text(encoding="utf-8"))
+    parser.close()
+    return parser
+
+
+def assert_images_decode(srcs: list[str]) -> None:
+    assert srcs
+    for src in srcs:
+        assert src.startswith("data:image/png;base64,")
+        with Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1]))) as image:
+            image.verify()
+
+
+@pytest.fixture
+def tiny_data(tmp_path: Path) -> Path:
+    """24 labelled random patches in the Kaggle layout."""
+    root = tmp_path / "data"
+    ids = write_patches(root / "train", [make_patch(i) for i in range(24)], ".png")
+    write_labels(root / "train_labels.csv", [(k, i % 2) for i, k in enumerate(ids)])
+    return root
+
+
+@pytest.fixture
+def carded_model(tmp_path: Path, tiny_data: Path) -> Path:
+    """An untrained histocnn whose card names 12 of the tiny patches as its validation set."""
+    torch.manual_seed(0)
+    ids = [p.stem for p in sorted((tiny_data / "train").iterdir())]
+    card = {
+        "name": "test-model", "model": "histocnn", "data": "24 random patches",
+        "split": "stratified random, 50% validation, seed 0", "n_train": 12, "n_val": 12,
+        "config": {"epochs": 2, "lr": 0.003, "batch_size": 8, "augment": {"dihedral": True}},
+        "epochs_run": 2, "train_seconds": 4.2, "val_auc_tta_d4": 0.5, "val_ids": ids[:12],
+        "history": [
+            {"epoch": 0, "train_loss": 0.70, "val_loss": 0.69, "val_auc": 0.50},
+            {"epoch": 1, "train_loss": 0.65, "val_loss": 0.68, "val_auc": 0.55},
+        ],
+    }
+    path = tmp_path / "run" / "model.pt"
+    save_model_file(path, ModelFile(spec=model_spec("histocnn"),
+                                    net=create_model("histocnn").eval(), temperature=1.5,
+                                    card=card))
+    return path
+
+
+def test_report_has_every_section_and_every_image_decodes(
+    carded_model: Path, tiny_data: Path, tmp_path: Path
+):
+    audit = tmp_path / "audit.json"
+    audit.write_text(json.dumps({"n_patches": 24, "duplicates": {"exact": 1, "near": 2},
+                                 "rules": ["a", "b"]}))
+    out = tmp_path / "out" / "report.html"
+    summary = build_report(carded_model.parent, open_source(tiny_data), out, audit=audit,
+                           progress=False)
+    page = parse_page(out)
+    assert page.sections == list(SECTIONS)
+    assert not page.external  # opens offline: no scripts, stylesheets or remote images
+    assert_images_decode(page.images)
+    text = out.read_text()
+    for phrase in ("ROC AUC", "95% CI", "Training curves", "Grad-CAM", "duplicates.exact",
+                   "Mislabel candidates", "before (T = 1)"):
+        assert phrase in text
+    assert "None of the model's validation patches" not in text
+    assert summary["n_eval"] == 12 and summary["n_mapped"] == 24
+    assert set(summary["seconds"]) == {"predict", "metrics", "gradcam", "embedding", "html"}
+    assert [p.name for p in out.parent.iterdir()] == ["report.html"]  # nothing half-written
+
+
+def test_report_without_validation_ids_uses_all_labelled_patches_and_says_so(
+    untrained_model_file: Path, tiny_data: Path, tmp_path: Path
+):
+    out = tmp_path / "report.html"
+    summary = build_report(untrained_model_file, open_source(tiny_data), out, limit=10,
+                           tta="none", progress=False)
+    assert summary["n_eval"] == 10 and summary["n_mapped"] == 10
+    text = out.read_text()
+    assert "None of the model's validation patches" in text
+    assert "no per-epoch history" in text
+    assert_images_decode(parse_page(out).images)
+
+
+def test_report_indices_prefer_validation_ids_and_respect_the_limit(tiny_data: Path):
+    source = open_source(tiny_data)
+    val = source.ids[:6]
+    eval_idx, all_idx, on_val = report_indices(source, val)
+    assert on_val and eval_idx.tolist() == list(range(6)) and len(all_idx) == 24
+    eval_idx, all_idx, on_val = report_indices(source, val, limit=10)
+    assert len(eval_idx) == 6 and len(all_idx) == 10 and set(eval_idx) <= set(all_idx)
+    eval_idx, all_idx, on_val = report_indices(source, ["not-here"], limit=4)
+    assert not on_val and len(eval_idx) == 4 and np.array_equal(eval_idx, all_idx)
+
+
+def test_report_command_exit_codes(carded_model: Path, tiny_data: Path, tmp_path: Path):
+    import histoscan.cli.explain_cmds  # noqa: F401  (registers the commands)
+    from histoscan.cli.app import app
+
+    out = tmp_path / "r.html"
+    runner = CliRunner()
+    bad = runner.invoke(app, ["report", str(tmp_path / "nothing"), "--data", str(tiny_data),
+                              "--out", str(out)])
+    assert bad.exit_code == 2 and "no such model file" in bad.output and not out.exists()
+    unlabelled = tmp_path / "unlabelled"
+    write_patches(unlabelled, [make_patch(i) for i in range(3)], ".png")
+    bad = runner.invoke(app, ["report", str(carded_model), "--data", str(unlabelled),
+                              "--out", str(out), "--quiet"])
+    assert bad.exit_code == 2 and "labelled" in bad.output and not out.exists()
+    ok = runner.invoke(app, ["report", str(carded_model), "--data", str(tiny_data),
+                             "--out", str(out), "--quiet", "--tta", "none"])
+    assert ok.exit_code == 0, ok.output
+    assert_images_decode(parse_page(out).images)
+
+
+@pytest.mark.slow
+def test_report_on_real_patches(real_root: Path, tmp_path: Path):
+    """The bundled model on 300 real patches: the whole pipeline, UMAP included."""
+    out = tmp_path / "report.html"
+    summary = build_report(
+        Path(__file__).resolve().parents[1] / "src/histoscan/weights/histocnn-pcam.pt",
+        open_source(real_root / "train"), out, limit=300, progress=False,
+    )
+    assert summary["n_mapped"] == 300 and 0.5 < summary["roc_auc"] <= 1.0
+    page = parse_page(out)
+    assert page.sections == list(SECTIONS)
+    assert_images_decode(page.images)
+    assert "UMAP" in out.read_text()
