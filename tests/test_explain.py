@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_patch, write_labels, write_patches
 from torch import nn
 from typer.testing import CliRunner
 
+from conftest import make_patch, write_labels, write_patches
 from histoscan.errors import DataError, ModelError
 from histoscan.explain import (
     GradCAM,
@@ -149,10 +149,12 @@ def test_infer_matches_predictor_logits_with_tta(untrained_model_file: Path):
     images = patches(5)
     result = infer(predictor.model_file, images, "d4", batch_size=2)
     assert result.logits.shape == (5, 8)
-    np.testing.assert_allclose(result.logits.mean(axis=1), predictor.logits(images, "d4"),
-                               rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(result.probs(predictor.temperature),
-                               predictor.predict_proba(images, "d4"), atol=1e-5)
+    np.testing.assert_allclose(
+        result.logits.mean(axis=1), predictor.logits(images, "d4"), rtol=1e-4, atol=1e-4
+    )
+    np.testing.assert_allclose(
+        result.probs(predictor.temperature), predictor.predict_proba(images, "d4"), atol=1e-5
+    )
 
 
 def test_embedding_has_one_row_per_patch(untrained_model_file: Path):
@@ -217,8 +219,17 @@ def test_explain_command_writes_gallery_patch_pngs_and_json(
     labelled_folder: Path, untrained_model_file: Path, tmp_path: Path
 ):
     out = tmp_path / "explained"
-    result = run_cli("explain", labelled_folder, "--model", untrained_model_file, "--out", out,
-                     "--n", "2", "--quiet")
+    result = run_cli(
+        "explain",
+        labelled_folder,
+        "--model",
+        untrained_model_file,
+        "--out",
+        out,
+        "--n",
+        "2",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "explain.json").read_text())
     assert 1 <= len(summary["patches"]) <= 8
@@ -228,8 +239,17 @@ def test_explain_command_writes_gallery_patch_pngs_and_json(
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
     # chosen ids; a rerun replaces the previous output
     ids = [p.stem for p in sorted((labelled_folder / "train").iterdir())[:2]]
-    result = run_cli("explain", labelled_folder, "--model", untrained_model_file, "--out", out,
-                     "--ids", ",".join(ids), "--quiet")
+    result = run_cli(
+        "explain",
+        labelled_folder,
+        "--model",
+        untrained_model_file,
+        "--out",
+        out,
+        "--ids",
+        ",".join(ids),
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in json.loads((out / "explain.json").read_text())["patches"]] == ids
 
@@ -238,13 +258,29 @@ def test_embed_command_writes_one_row_per_patch(
     labelled_folder: Path, untrained_model_file: Path, tmp_path: Path
 ):
     out = tmp_path / "embedded"
-    result = run_cli("embed", labelled_folder, "--model", untrained_model_file, "--out", out,
-                     "--clusters", "3", "--quiet")
+    result = run_cli(
+        "embed",
+        labelled_folder,
+        "--model",
+        untrained_model_file,
+        "--out",
+        out,
+        "--clusters",
+        "3",
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
-    rows = list(csv.DictReader(open(out / "embedding.csv")))
+    with open(out / "embedding.csv") as fh:
+        rows = list(csv.DictReader(fh))
     assert len(rows) == 20 and set(rows[0]) == {"id", "x", "y", "label", "prob", "cluster"}
-    for name in ("umap_label.png", "umap_prob.png", "clusters.png", "clusters.json",
-                 "mislabel_candidates.csv", "mislabel_candidates.png"):
+    for name in (
+        "umap_label.png",
+        "umap_prob.png",
+        "clusters.png",
+        "clusters.json",
+        "mislabel_candidates.csv",
+        "mislabel_candidates.png",
+    ):
         assert (out / name).is_file(), name
     assert len(json.loads((out / "clusters.json").read_text())["clusters"]) == 3
 
@@ -258,8 +294,7 @@ def test_embed_command_writes_one_row_per_patch(
     ],
 )
 def test_explain_bad_input_exits_2_without_output(
-    labelled_folder: Path, untrained_model_file: Path, tmp_path: Path, args: list[str],
-    message: str
+    labelled_folder: Path, untrained_model_file: Path, tmp_path: Path, args: list[str], message: str
 ):
     out = tmp_path / "explained"
     model = [] if "--model" in args else ["--model", str(untrained_model_file)]
@@ -276,8 +311,9 @@ def test_commands_refuse_to_overwrite_an_unrelated_folder(
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     for command in ("explain", "embed"):
-        result = run_cli(command, labelled_folder, "--model", untrained_model_file, "--out", out,
-                         "--quiet")
+        result = run_cli(
+            command, labelled_folder, "--model", untrained_model_file, "--out", out, "--quiet"
+        )
         assert result.exit_code == 2 and "choose another --out" in result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
@@ -285,6 +321,7 @@ def test_commands_refuse_to_overwrite_an_unrelated_folder(
 def test_explain_unlabelled_data_needs_ids(untrained_model_file: Path, tmp_path: Path):
     folder = tmp_path / "unlabelled"
     write_patches(folder, [make_patch(i) for i in range(3)], ".png")
-    result = run_cli("explain", folder, "--model", untrained_model_file, "--out",
-                     tmp_path / "x", "--quiet")
+    result = run_cli(
+        "explain", folder, "--model", untrained_model_file, "--out", tmp_path / "x", "--quiet"
+    )
     assert result.exit_code == 2 and "pass --ids" in result.output

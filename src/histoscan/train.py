@@ -248,9 +248,13 @@ def fit(
 
     loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                      persistent_workers=cfg.num_workers > 0)
-    train_loader = DataLoader(split.train, shuffle=True, drop_last=True, **loader_kw)
+    # a last batch of a few patches gives noisy BatchNorm statistics; drop it unless it is all
+    drop_last = len(split.train) >= 2 * cfg.batch_size
+    train_loader = DataLoader(split.train, shuffle=True, drop_last=drop_last, **loader_kw)
     val_loader = DataLoader(split.val, shuffle=False, **{**loader_kw, "batch_size": 256})
     steps = max(1, len(split.train) // (cfg.batch_size * cfg.devices * cfg.num_nodes))
+    if len(split.train) < 2 or len(split.val) < 2:
+        raise DataError(f"{source.root}: too few patches to train ({len(source)})")
     module = PatchClassifier(cfg, spec, steps)
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max",
                            save_last=True)
@@ -268,6 +272,9 @@ def fit(
         limit_val_batches=_limit(cfg.limit_val_batches), deterministic=False, log_every_n_steps=10,
         enable_model_summary=progress,
     )
+    if resume and (run_dir / "metrics.csv").is_file():
+        # Lightning's CSV logger starts metrics.csv afresh; keep the epochs before the kill
+        (run_dir / "metrics.csv").replace(run_dir / "metrics-before-resume.csv")
     started = time.time()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     seconds = time.time() - started
@@ -294,14 +301,14 @@ def finish_run(module: PatchClassifier, split: SplitData, cfg: TrainConfig, run_
         "config": config_to_dict(cfg),
         "epochs_run": epochs,
         "train_seconds": round(seconds, 1),
-        "history": read_history(run_dir / "metrics.csv"),
+        "history": read_history(run_dir),
         "torch": str(torch.__version__),
     }
     calibrate_and_save(net, module.spec, split.val.source, split.val.indices, card,
                        run_dir / "model.pt")
     (run_dir / "summary.json").write_text(
         json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2))
-    plot_training_curves(run_dir / "metrics.csv", run_dir / "training_curves.png")
+    plot_training_curves(card["history"], run_dir / "training_curves.png")
 
 
 def calibrate_and_save(net: nn.Module, spec: ModelSpec, val_source: PatchSource,
@@ -356,32 +363,29 @@ def build_ensemble(model_paths: list[Path], source: PatchSource, out: Path) -> M
     return calibrate_and_save(net.eval(), spec, source, indices, card, out)
 
 
-def read_history(metrics_csv: Path) -> list[dict[str, float]]:
-    """Per-epoch rows of Lightning's metrics.csv, merged (train and val are logged apart)."""
-    if not metrics_csv.is_file():
-        return []
+def read_history(run_dir: Path) -> list[dict[str, float]]:
+    """Per-epoch rows of Lightning's metrics.csv (and the part before a resume), merged."""
     merged: dict[int, dict[str, float]] = {}
-    for row in csv.DictReader(open(metrics_csv)):
-        epoch = int(row["epoch"])
-        merged.setdefault(epoch, {"epoch": epoch}).update(
-            {k: float(v) for k, v in row.items() if v not in (None, "") and k != "epoch"}
-        )
+    for name in ("metrics-before-resume.csv", "metrics.csv"):
+        if not (run_dir / name).is_file():
+            continue
+        with open(run_dir / name, newline="") as fh:
+            for row in csv.DictReader(fh):
+                epoch = int(row["epoch"])
+                values = {k: float(v) for k, v in row.items() if v not in (None, "") and k != "epoch"}
+                merged.setdefault(epoch, {"epoch": epoch}).update(values)
     return [merged[e] for e in sorted(merged)]
 
 
-def plot_training_curves(metrics_csv: Path, out_png: Path) -> None:
-    """Loss and validation AUC per epoch from Lightning's metrics.csv."""
+def plot_training_curves(history: list[dict[str, float]], out_png: Path) -> None:
+    """Loss and validation AUC per epoch."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    if not metrics_csv.is_file():
-        return
-    rows = list(csv.DictReader(open(metrics_csv)))
-
-    def series(key: str) -> tuple[list[int], list[float]]:
-        pts = [(int(r["epoch"]), float(r[key])) for r in rows if r.get(key) not in (None, "")]
+    def series(key: str) -> tuple[list[float], list[float]]:
+        pts = [(row["epoch"], row[key]) for row in history if key in row]
         return [p[0] for p in pts], [p[1] for p in pts]
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -392,7 +396,7 @@ def plot_training_curves(metrics_csv: Path, out_png: Path) -> None:
     ax1.legend()
     ax2.plot(*series("val_auc"), marker="o", ms=3, color="C2")
     ax2.set_xlabel("epoch")
-    ax2.set_ylabel("validation ROC AUC")
+    ax2.set_ylabel("validation ROC AUC (no TTA)")
     fig.tight_layout()
     fig.savefig(out_png, dpi=110)
     plt.close(fig)

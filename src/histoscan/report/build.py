@@ -111,13 +111,43 @@ def build_report(
     }
 
 
+@dataclass
+class Predictions:
+    """One forward pass over the report's patches."""
+
+    eval_idx: np.ndarray  # (E,) source indices of the evaluation patches
+    all_idx: np.ndarray  # (N,) sorted source indices of every mapped patch, eval_idx included
+    on_val_ids: bool
+    logits_eval: np.ndarray  # (E,) mean logit over the TTA views, before temperature
+    logits_1: np.ndarray  # (N,) identity-view logit
+    features: np.ndarray  # (N, D) identity-view pre-logit features
+
+
+def predict_once(
+    mf: ModelFile, source: PatchSource, limit: int | None, tta: str, progress: bool
+) -> Predictions:
+    """Evaluation patches with ``tta``, the others with one view; features from the identity."""
+    from histoscan.explain import infer_source
+
+    eval_idx, all_idx, on_val = report_indices(source, mf.card.get("val_ids") or [], limit)
+    evaluated = infer_source(mf, source, eval_idx, tta, progress=progress)
+    logits_1 = np.empty(len(all_idx))
+    features = np.empty((len(all_idx), evaluated.features.shape[1]), dtype=np.float32)
+    pos = np.searchsorted(all_idx, eval_idx)
+    logits_1[pos], features[pos] = evaluated.logits[:, 0], evaluated.features
+    others = np.setdiff1d(all_idx, eval_idx)
+    if len(others):
+        rest = infer_source(mf, source, others, "none", progress=progress)
+        pos = np.searchsorted(all_idx, others)
+        logits_1[pos], features[pos] = rest.logits[:, 0], rest.features
+    return Predictions(eval_idx, all_idx, on_val, evaluated.logits.mean(axis=1), logits_1, features)
+
+
 def collect(
     mf: ModelFile, source: PatchSource, limit: int | None, tta: str, progress: bool
 ) -> ReportData:
     """Predict once, then compute metrics, plots, Grad-CAM cases and the embedding map."""
-    from histoscan.evaluate import compute_metrics, write_plots
-    from histoscan.explain import GradCAM, centre_fraction, figures, infer_source, map_embedding
-    from histoscan.explain.runs import cluster_strip, mislabel_grid, select_cases
+    from histoscan.evaluate import compute_metrics
 
     seconds: dict[str, float] = {}
     clock = time.perf_counter()
@@ -127,68 +157,79 @@ def collect(
         seconds[stage] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    eval_idx, all_idx, on_val = report_indices(source, mf.card.get("val_ids") or [], limit)
-    evaluated = infer_source(mf, source, eval_idx, tta, progress=progress)
-    others_idx = np.setdiff1d(all_idx, eval_idx)
-    pos_eval = np.searchsorted(all_idx, eval_idx)
-    logits_1 = np.empty(len(all_idx))  # identity view, every mapped patch
-    features = np.empty((len(all_idx), evaluated.features.shape[1]), dtype=np.float32)
-    logits_1[pos_eval], features[pos_eval] = evaluated.logits[:, 0], evaluated.features
-    if len(others_idx):
-        rest = infer_source(mf, source, others_idx, "none", progress=progress)
-        pos_rest = np.searchsorted(all_idx, others_idx)
-        logits_1[pos_rest], features[pos_rest] = rest.logits[:, 0], rest.features
+    pred = predict_once(mf, source, limit, tta, progress)
     lap("predict")
-
-    labels = source.labels[eval_idx].astype(np.int64)
-    logits = evaluated.logits.mean(axis=1)
-    probs, probs_raw = sigmoid(logits / mf.temperature), sigmoid(logits)
-    metrics = compute_metrics(labels, probs, mf.threshold)
-    metrics_raw = compute_metrics(labels, probs_raw, mf.threshold, n_boot=50)
+    labels = source.labels[pred.eval_idx].astype(np.int64)
+    probs = sigmoid(pred.logits_eval / mf.temperature)
+    probs_raw = sigmoid(pred.logits_eval)
     data = ReportData(
         mf=mf,
         source=source,
-        on_val_ids=on_val,
-        n_mapped=len(all_idx),
+        on_val_ids=pred.on_val_ids,
+        n_mapped=len(pred.all_idx),
         tta=tta,
-        metrics=metrics,
-        metrics_raw=metrics_raw,
+        metrics=compute_metrics(labels, probs, mf.threshold),
+        # only its calibration numbers are shown; AUC and its CI equal the calibrated ones
+        metrics_raw=compute_metrics(labels, probs_raw, mf.threshold, n_boot=50),
         seconds=seconds,
     )
-    if len(np.unique(labels)) == 2:
-        with tempfile.TemporaryDirectory() as tmp:
-            for name, path in write_plots(Path(tmp), labels, probs, probs_raw, metrics).items():
-                data.images[name] = Path(path).read_bytes()
-    history = mf.card.get("history") or []
-    if history:
-        data.images["curves"] = training_curves_png(history)
+    add_metric_figures(data, labels, probs, probs_raw)
     lap("metrics")
-
-    pos, groups = select_cases(labels, probs, mf.threshold, n=6)
-    if len(pos):
-        images = source.read_many(eval_idx[pos])
-        maps = GradCAM(mf).explain(images)
-        data.images["gradcam"] = figures.gallery_png(images, maps, probs[pos], labels[pos], groups)
-        fractions = centre_fraction(maps)  # NaN for an all-zero map
-        for g in dict.fromkeys(groups):
-            mine = fractions[[x == g for x in groups]]
-            data.cases[g] = float(np.nanmean(mine)) if np.isfinite(mine).any() else None
+    add_gradcam(data, pred.eval_idx, labels, probs)
     lap("gradcam")
-
-    all_labels = source.labels[all_idx].astype(np.int64)
-    probs_1 = sigmoid(logits_1 / mf.temperature)
-    emap = map_embedding(features, all_labels, probs_1)
-    data.embedding = emap
-    data.images["umap_label"] = figures.scatter_png(emap.xy, all_labels, "label", "by label")
-    data.images["umap_prob"] = figures.scatter_png(
-        emap.xy, probs_1, "prob", "by predicted probability"
-    )
-    data.images["clusters"] = cluster_strip(source, all_idx, emap.clusters)
-    data.images["mislabels"] = mislabel_grid(
-        source, all_idx, emap.mislabels, all_labels, probs_1, limit=24
-    )
+    add_embedding(data, pred)
     lap("embedding")
     return data
+
+
+def add_metric_figures(
+    data: ReportData, labels: np.ndarray, probs: np.ndarray, probs_raw: np.ndarray
+) -> None:
+    """ROC, PR, reliability and confusion (evaluate's plots) and the training curves."""
+    from histoscan.evaluate import write_plots
+
+    if len(np.unique(labels)) == 2:  # curves need both classes
+        with tempfile.TemporaryDirectory() as tmp:
+            plots = write_plots(Path(tmp), labels, probs, probs_raw, data.metrics)
+            for name, path in plots.items():
+                data.images[name] = Path(path).read_bytes()
+    history = data.mf.card.get("history") or []
+    if history:
+        data.images["curves"] = training_curves_png(history)
+
+
+def add_gradcam(
+    data: ReportData, eval_idx: np.ndarray, labels: np.ndarray, probs: np.ndarray
+) -> None:
+    """The Grad-CAM gallery of the most confident TP/TN/FP/FN, and each case's centre share."""
+    from histoscan.explain import GradCAM, centre_fraction, figures
+    from histoscan.explain.runs import select_cases
+
+    pos, groups = select_cases(labels, probs, data.mf.threshold, n=6)
+    if not len(pos):
+        return
+    images = data.source.read_many(eval_idx[pos])
+    maps = GradCAM(data.mf).explain(images)
+    data.images["gradcam"] = figures.gallery_png(images, maps, probs[pos], labels[pos], groups)
+    fractions = centre_fraction(maps)  # NaN for an all-zero map
+    for g in dict.fromkeys(groups):
+        mine = fractions[[x == g for x in groups]]
+        data.cases[g] = float(np.nanmean(mine)) if np.isfinite(mine).any() else None
+
+
+def add_embedding(data: ReportData, pred: Predictions) -> None:
+    """The 2-D map by label and probability, cluster strips and mislabel candidates."""
+    from histoscan.explain import figures, map_embedding
+    from histoscan.explain.runs import cluster_strip, mislabel_grid
+
+    source, idx = data.source, pred.all_idx
+    labels = source.labels[idx].astype(np.int64)
+    probs = sigmoid(pred.logits_1 / data.mf.temperature)
+    emap = data.embedding = map_embedding(pred.features, labels, probs)
+    data.images["umap_label"] = figures.scatter_png(emap.xy, labels, "label", "by label")
+    data.images["umap_prob"] = figures.scatter_png(emap.xy, probs, "prob", "by probability")
+    data.images["clusters"] = cluster_strip(source, idx, emap.clusters)
+    data.images["mislabels"] = mislabel_grid(source, idx, emap.mislabels, labels, probs, 24)
 
 
 def training_curves_png(history: list[dict[str, float]]) -> bytes:

@@ -1,0 +1,105 @@
+"""Training end to end on tiny data and on the real sample; resume after a kill; DDP on CPU."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histoscan.config import load_train_config
+from histoscan.data.sources import open_source
+from histoscan.errors import DataError
+from histoscan.predict import Predictor
+from histoscan.train import fit
+
+from helpers import write_separable_folder
+
+FAST = dict(model="histocnn", batch_size=16, lr=3e-3, val_fraction=0.25, ema_decay=0.0,
+            threads=1, augment={"hed_sigma": 0.0, "hed_bias": 0.0, "shift_px": 0})
+
+
+def test_training_learns_a_separable_task(tmp_path: Path) -> None:
+    data = write_separable_folder(tmp_path / "data", n_per_class=24)
+    cfg = load_train_config(None, epochs=4, **FAST)
+    model_path = fit(open_source(data), cfg, tmp_path / "run", progress=False)
+    run = tmp_path / "run"
+    for name in ("config.yaml", "split.csv", "metrics.csv", "training_curves.png", "model.pt"):
+        assert (run / name).is_file(), name
+    predictor = Predictor.load(model_path)
+    card = predictor.model_file.card
+    assert card["val_auc_tta_d4"] > 0.95
+    assert len(card["val_ids"]) == 12 and len(card["history"]) == 4
+    losses = [row["train_loss"] for row in card["history"]]
+    assert losses[-1] < losses[0]
+
+
+def test_a_few_steps_on_real_patches_lower_the_loss(real_root: Path, tmp_path: Path) -> None:
+    source = open_source(real_root / "train")
+    cfg = load_train_config(None, epochs=3, limit_train_batches=6, limit_val_batches=1,
+                            **{**FAST, "batch_size": 32, "val_fraction": 0.02})
+    fit(source, cfg, tmp_path / "run", progress=False)
+    history = Predictor.load(tmp_path / "run" / "model.pt").model_file.card["history"]
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+
+
+def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    data = write_separable_folder(tmp_path / "data", n_per_class=12)
+    source = open_source(data)
+    run = tmp_path / "run"
+    fit(source, load_train_config(None, epochs=1, **FAST), run, progress=False)
+    (run / "model.pt").unlink()  # as if killed after the first epoch's checkpoint
+    with pytest.raises(DataError, match="nothing to resume"):
+        fit(source, load_train_config(None, epochs=2, **FAST), tmp_path / "other", resume=True)
+    fit(source, load_train_config(None, epochs=2, **FAST), run, resume=True, progress=False)
+    history = Predictor.load(run / "model.pt").model_file.card["history"]
+    assert [row["epoch"] for row in history] == [0, 1]
+
+
+def test_finished_run_is_not_overwritten(tmp_path: Path) -> None:
+    data = write_separable_folder(tmp_path / "data", n_per_class=8)
+    fit(open_source(data), load_train_config(None, epochs=1, **FAST), tmp_path / "run",
+        progress=False)
+    with pytest.raises(DataError, match="finished run"):
+        fit(open_source(data), load_train_config(None, epochs=1, **FAST), tmp_path / "run")
+
+
+def test_grouped_split_keeps_each_slide_on_one_side(tmp_path: Path) -> None:
+    from histoscan.data.splits import split_indices
+
+    labels = np.array([0, 1] * 20)
+    groups = np.repeat(np.arange(10), 4)
+    train, val = split_indices(labels, 0.2, seed=0, groups=groups)
+    assert not set(groups[train]) & set(groups[val])
+    assert len(train) + len(val) == 40
+
+
+@pytest.mark.slow
+def test_two_process_ddp_on_cpu_matches_single_process(tmp_path: Path) -> None:
+    """torchrun with 2 gloo processes trains a model that loads and predicts like a 1-process one."""
+    data = write_separable_folder(tmp_path / "data", n_per_class=24)
+    histoscan = shutil.which("histoscan", path=str(Path(sys.executable).parent))
+    args = ["--epochs", "3", "--batch-size", "8", "--val-fraction", "0.25", "--quiet",
+            "--accelerator", "cpu", "--config", str(tmp_path / "fast.yaml")]
+    (tmp_path / "fast.yaml").write_text(
+        "ema_decay: 0.0\nthreads: 1\naugment: {hed_sigma: 0.0, hed_bias: 0.0, shift_px: 0}\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    subprocess.run([*torchrun, histoscan, "train", str(data), "--out", str(tmp_path / "ddp"),
+                    "--devices", "2", *args], check=True, env=env, timeout=600)
+    subprocess.run([histoscan, "train", str(data), "--out", str(tmp_path / "single"), *args],
+                   check=True, env=env, timeout=600)
+    source = open_source(data)
+    images = source.read_many(range(len(source)))
+    ddp = Predictor.load(tmp_path / "ddp" / "model.pt")
+    single = Predictor.load(tmp_path / "single" / "model.pt")
+    assert ddp.spec == single.spec
+    assert ddp.model_file.card["val_ids"] == single.model_file.card["val_ids"]
+    p_ddp, p_single = ddp.predict_proba(images), single.predict_proba(images)
+    labels = source.labels
+    assert ((p_ddp >= 0.5) == labels).mean() >= 0.95
+    assert ((p_ddp >= 0.5) == (p_single >= 0.5)).mean() >= 0.95
