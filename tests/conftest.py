@@ -73,6 +73,8 @@ def untrained_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     spec = model_spec("histocnn")
     path = tmp_path_factory.mktemp("model") / "untrained.pt"
-    save_model_file(path, ModelFile(spec=spec, net=create_model("histocnn").eval(),
-                                    card={"name": "untrained-test"}))
+    save_model_file(
+        path,
+        ModelFile(spec=spec, net=create_model("histocnn").eval(), card={"name": "untrained-test"}),
+    )
     return path

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_separable_folder
 from PIL import Image
 from sklearn import metrics as skm
 from typer.testing import CliRunner
 
+from helpers import write_separable_folder
 from histoscan.calibration import fit_temperature, sigmoid
 from histoscan.cli import app
 from histoscan.evaluate import compute_metrics, expected_calibration_error
@@ -60,8 +60,20 @@ def test_temperature_scaling_recovers_a_known_temperature() -> None:
 def test_evaluate_cli_writes_metrics_and_plots(tmp_path: Path, untrained_model_file: Path) -> None:
     data = write_separable_folder(tmp_path / "data", n_per_class=6)
     out = tmp_path / "eval"
-    result = CliRunner().invoke(app, ["evaluate", str(data), "--out", str(out), "-m",
-                                      str(untrained_model_file), "--tta", "none", "--quiet"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "evaluate",
+            str(data),
+            "--out",
+            str(out),
+            "-m",
+            str(untrained_model_file),
+            "--tta",
+            "none",
+            "--quiet",
+        ],
+    )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["calibrated"]["n"] == 12
@@ -75,6 +87,7 @@ def test_evaluate_needs_labels(tmp_path: Path, untrained_model_file: Path) -> No
     data = tmp_path / "unlabelled"
     write_separable_folder(tmp_path / "tmp", n_per_class=2)
     (tmp_path / "tmp" / "0").rename(data)
-    result = CliRunner().invoke(app, ["evaluate", str(data), "--out", str(tmp_path / "e"), "-m",
-                                      str(untrained_model_file)])
+    result = CliRunner().invoke(
+        app, ["evaluate", str(data), "--out", str(tmp_path / "e"), "-m", str(untrained_model_file)]
+    )
     assert result.exit_code == 2 and "label" in result.output

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import write_separable_folder
 from torch import nn
 from typer.testing import CliRunner
 
+from helpers import write_separable_folder
 from histoscan.cli import app
 from histoscan.models.bundle import ModelFile, load_model_file
 from histoscan.models.registry import model_spec
@@ -52,8 +52,9 @@ def test_d4_averages_the_eight_distinct_views(untrained_model_file: Path) -> Non
     np.testing.assert_allclose(predictor.logits(image, tta="d4"), [manual], rtol=1e-5)
 
 
-def test_onnx_engine_matches_torch(untrained_model_file: Path, real_root: Path,
-                                   tmp_path: Path) -> None:
+def test_onnx_engine_matches_torch(
+    untrained_model_file: Path, real_root: Path, tmp_path: Path
+) -> None:
     from histoscan.data.sources import open_source
 
     images = open_source(real_root / "train").read_many(range(64))
@@ -66,8 +67,9 @@ def test_onnx_engine_matches_torch(untrained_model_file: Path, real_root: Path,
 
 def test_predict_cli_writes_a_kaggle_submission(real_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "submission.csv"
-    result = runner.invoke(app, ["predict", str(real_root / "test"), "--output", str(out),
-                                 "--tta", "flip", "--quiet"])
+    result = runner.invoke(
+        app, ["predict", str(real_root / "test"), "--output", str(out), "--tta", "flip", "--quiet"]
+    )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out)))
     expected = {r["id"] for r in csv.DictReader(open(real_root / "sample_submission.csv"))}
@@ -75,22 +77,25 @@ def test_predict_cli_writes_a_kaggle_submission(real_root: Path, tmp_path: Path)
     assert all(0.0 <= float(r["label"]) <= 1.0 for r in rows)
 
 
-def test_corrupt_image_is_named_and_no_csv_is_written(tmp_path: Path,
-                                                      untrained_model_file: Path) -> None:
+def test_corrupt_image_is_named_and_no_csv_is_written(
+    tmp_path: Path, untrained_model_file: Path
+) -> None:
     data = write_separable_folder(tmp_path / "data", n_per_class=3)
     broken = data / "1" / "1_001.png"
     broken.write_bytes(broken.read_bytes()[:100])  # truncated
     out = tmp_path / "preds.csv"
-    result = runner.invoke(app, ["predict", str(data), "-o", str(out), "--model",
-                                 str(untrained_model_file), "--quiet"])
+    result = runner.invoke(
+        app, ["predict", str(data), "-o", str(out), "--model", str(untrained_model_file), "--quiet"]
+    )
     assert result.exit_code == 2
     assert "1_001.png" in result.output and "unreadable" in result.output
     assert not out.exists() and not list(tmp_path.glob(".preds.csv*"))
 
 
 @pytest.mark.parametrize("case", ["not-a-model", "empty-folder", "missing-data"])
-def test_bad_input_exits_2_with_one_line(case: str, tmp_path: Path,
-                                         untrained_model_file: Path) -> None:
+def test_bad_input_exits_2_with_one_line(
+    case: str, tmp_path: Path, untrained_model_file: Path
+) -> None:
     data = write_separable_folder(tmp_path / "data", n_per_class=2)
     model = untrained_model_file
     if case == "not-a-model":

@@ -11,16 +11,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers import write_separable_folder
 from histoscan.config import load_train_config
 from histoscan.data.sources import open_source
 from histoscan.errors import DataError
 from histoscan.predict import Predictor
 from histoscan.train import fit
 
-from helpers import write_separable_folder
-
-FAST = dict(model="histocnn", batch_size=16, lr=3e-3, val_fraction=0.25, ema_decay=0.0,
-            threads=1, augment={"hed_sigma": 0.0, "hed_bias": 0.0, "shift_px": 0})
+FAST = dict(
+    model="histocnn",
+    batch_size=16,
+    lr=3e-3,
+    val_fraction=0.25,
+    ema_decay=0.0,
+    threads=1,
+    augment={"hed_sigma": 0.0, "hed_bias": 0.0, "shift_px": 0},
+)
 
 
 def test_training_learns_a_separable_task(tmp_path: Path) -> None:
@@ -40,8 +46,13 @@ def test_training_learns_a_separable_task(tmp_path: Path) -> None:
 
 def test_a_few_steps_on_real_patches_lower_the_loss(real_root: Path, tmp_path: Path) -> None:
     source = open_source(real_root / "train")
-    cfg = load_train_config(None, epochs=3, limit_train_batches=6, limit_val_batches=1,
-                            **{**FAST, "batch_size": 32, "val_fraction": 0.02})
+    cfg = load_train_config(
+        None,
+        epochs=3,
+        limit_train_batches=6,
+        limit_val_batches=1,
+        **{**FAST, "batch_size": 32, "val_fraction": 0.02},
+    )
     fit(source, cfg, tmp_path / "run", progress=False)
     history = Predictor.load(tmp_path / "run" / "model.pt").model_file.card["history"]
     assert history[-1]["train_loss"] < history[0]["train_loss"]
@@ -62,8 +73,12 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path: Path) -> None:
 
 def test_finished_run_is_not_overwritten(tmp_path: Path) -> None:
     data = write_separable_folder(tmp_path / "data", n_per_class=8)
-    fit(open_source(data), load_train_config(None, epochs=1, **FAST), tmp_path / "run",
-        progress=False)
+    fit(
+        open_source(data),
+        load_train_config(None, epochs=1, **FAST),
+        tmp_path / "run",
+        progress=False,
+    )
     with pytest.raises(DataError, match="finished run"):
         fit(open_source(data), load_train_config(None, epochs=1, **FAST), tmp_path / "run")
 
@@ -80,19 +95,49 @@ def test_grouped_split_keeps_each_slide_on_one_side(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_two_process_ddp_on_cpu_matches_single_process(tmp_path: Path) -> None:
-    """torchrun with 2 gloo processes trains a model that loads and predicts like a 1-process one."""
+    """torchrun, 2 gloo processes: the model loads and predicts like a 1-process one."""
     data = write_separable_folder(tmp_path / "data", n_per_class=24)
     histoscan = shutil.which("histoscan", path=str(Path(sys.executable).parent))
-    args = ["--epochs", "3", "--batch-size", "8", "--val-fraction", "0.25", "--quiet",
-            "--accelerator", "cpu", "--config", str(tmp_path / "fast.yaml")]
+    args = [
+        "--epochs",
+        "3",
+        "--batch-size",
+        "8",
+        "--val-fraction",
+        "0.25",
+        "--quiet",
+        "--accelerator",
+        "cpu",
+        "--config",
+        str(tmp_path / "fast.yaml"),
+    ]
     (tmp_path / "fast.yaml").write_text(
-        "ema_decay: 0.0\nthreads: 1\naugment: {hed_sigma: 0.0, hed_bias: 0.0, shift_px: 0}\n")
+        "ema_decay: 0.0\nthreads: 1\naugment: {hed_sigma: 0.0, hed_bias: 0.0, shift_px: 0}\n"
+    )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run([*torchrun, histoscan, "train", str(data), "--out", str(tmp_path / "ddp"),
-                    "--devices", "2", *args], check=True, env=env, timeout=600)
-    subprocess.run([histoscan, "train", str(data), "--out", str(tmp_path / "single"), *args],
-                   check=True, env=env, timeout=600)
+    subprocess.run(
+        [
+            *torchrun,
+            histoscan,
+            "train",
+            str(data),
+            "--out",
+            str(tmp_path / "ddp"),
+            "--devices",
+            "2",
+            *args,
+        ],
+        check=True,
+        env=env,
+        timeout=600,
+    )
+    subprocess.run(
+        [histoscan, "train", str(data), "--out", str(tmp_path / "single"), *args],
+        check=True,
+        env=env,
+        timeout=600,
+    )
     source = open_source(data)
     images = source.read_many(range(len(source)))
     ddp = Predictor.load(tmp_path / "ddp" / "model.pt")

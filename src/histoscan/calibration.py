@@ -25,7 +25,9 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
-def resolve_threshold(rule: str | float, probs: np.ndarray | None, labels: np.ndarray | None) -> float:
+def resolve_threshold(
+    rule: str | float, probs: np.ndarray | None, labels: np.ndarray | None
+) -> float:
     """A probability threshold from a rule: a number, ``youden``, or ``sens:0.95``.
 
     Rules other than a number need validation probabilities and labels (never the test data).

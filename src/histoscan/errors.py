@@ -2,7 +2,7 @@
 
 
 class HistoscanError(Exception):
-    """A user-facing problem: bad input, a missing file, an unusable model. Message names the file."""
+    """A user-facing problem: bad input, a missing file, an unusable model."""
 
 
 class DataError(HistoscanError):

@@ -54,7 +54,10 @@ def expected_calibration_error(labels: np.ndarray, probs: np.ndarray, bins: int 
 
 
 def compute_metrics(
-    labels: Sequence[int], probs: Sequence[float], threshold: float = 0.5, n_boot: int = 1000,
+    labels: Sequence[int],
+    probs: Sequence[float],
+    threshold: float = 0.5,
+    n_boot: int = 1000,
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every number a reader needs for a binary classifier at one decision threshold."""
@@ -125,21 +128,26 @@ def evaluate_model(
     _atomic_text(out_dir / "metrics.json", json.dumps(result, indent=2))
     from histoscan.predict import write_predictions
 
-    write_predictions(out_dir / "predictions.csv", [source.ids[i] for i in idx], probs,
-                      extra={"true_label": labels.tolist()})
+    write_predictions(
+        out_dir / "predictions.csv",
+        [source.ids[i] for i in idx],
+        probs,
+        extra={"true_label": labels.tolist()},
+    )
     return {**result, "probs": probs, "labels": labels, "logits": logits}
 
 
-def _predict_logits(predictor: Any, source: PatchSource, idx: np.ndarray, tta: str,
-                    progress: bool) -> np.ndarray:
+def _predict_logits(
+    predictor: Any, source: PatchSource, idx: np.ndarray, tta: str, progress: bool
+) -> np.ndarray:
     from histoscan.progress import progress_bar
 
     out = np.empty(len(idx))
     chunk = 1024
     with progress_bar("evaluate", total=len(idx), show=progress, unit="patches") as bar:
         for start in range(0, len(idx), chunk):
-            images = source.read_many(idx[start:start + chunk])
-            out[start:start + len(images)] = predictor.logits(images, tta)
+            images = source.read_many(idx[start : start + chunk])
+            out[start : start + len(images)] = predictor.logits(images, tta)
             bar.advance(len(images))
     return out
 
@@ -151,8 +159,13 @@ def _atomic_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_plots(out_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_raw: np.ndarray,
-                metrics: dict[str, Any]) -> dict[str, str]:
+def write_plots(
+    out_dir: Path,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    probs_raw: np.ndarray,
+    metrics: dict[str, Any],
+) -> dict[str, str]:
     """ROC, precision-recall, reliability (before/after temperature) and confusion PNGs."""
     import matplotlib
 
@@ -187,12 +200,20 @@ def write_plots(out_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_raw:
 
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     for name, p in (("before (T=1)", probs_raw), ("after temperature scaling", probs)):
-        centres, observed, counts = reliability_bins(labels, p)
-        ax.plot(centres, observed, marker="o", ms=3,
-                label=f"{name}, ECE {expected_calibration_error(labels, p):.3f}")
+        centres, observed, _ = reliability_bins(labels, p)
+        ax.plot(
+            centres,
+            observed,
+            marker="o",
+            ms=3,
+            label=f"{name}, ECE {expected_calibration_error(labels, p):.3f}",
+        )
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.set(xlabel="predicted probability", ylabel="observed tumour fraction",
-           title="Reliability diagram")
+    ax.set(
+        xlabel="predicted probability",
+        ylabel="observed tumour fraction",
+        title="Reliability diagram",
+    )
     ax.legend(loc="upper left", fontsize=8)
     save(fig, "reliability")
 
@@ -200,21 +221,32 @@ def write_plots(out_dir: Path, labels: np.ndarray, probs: np.ndarray, probs_raw:
     cm = np.asarray(metrics["confusion"])
     ax.imshow(cm, cmap="Blues")
     for (i, j), v in np.ndenumerate(cm):
-        ax.text(j, i, str(v), ha="center", va="center",
-                color="white" if v > cm.max() / 2 else "black")
-    ax.set(xticks=[0, 1], yticks=[0, 1], xticklabels=["normal", "tumour"],
-           yticklabels=["normal", "tumour"], xlabel="predicted", ylabel="true",
-           title=f"Confusion at threshold {metrics['threshold']:.2f}")
+        ax.text(
+            j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black"
+        )
+    ax.set(
+        xticks=[0, 1],
+        yticks=[0, 1],
+        xticklabels=["normal", "tumour"],
+        yticklabels=["normal", "tumour"],
+        xlabel="predicted",
+        ylabel="true",
+        title=f"Confusion at threshold {metrics['threshold']:.2f}",
+    )
     save(fig, "confusion")
     return paths
 
 
-def reliability_bins(labels: np.ndarray, probs: np.ndarray, bins: int = 10
-                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def reliability_bins(
+    labels: np.ndarray, probs: np.ndarray, bins: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Mean predicted probability, observed positive fraction and count per non-empty bin."""
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
-    rows = [(probs[which == b].mean(), labels[which == b].mean(), (which == b).sum())
-            for b in range(bins) if (which == b).any()]
+    rows = [
+        (probs[which == b].mean(), labels[which == b].mean(), (which == b).sum())
+        for b in range(bins)
+        if (which == b).any()
+    ]
     centres, observed, counts = (np.array(col) for col in zip(*rows, strict=True))
     return centres, observed, counts

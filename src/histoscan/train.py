@@ -13,8 +13,8 @@ import json
 import logging
 import math
 import time
-from datetime import timedelta
 from dataclasses import dataclass, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,8 +78,9 @@ class PatchClassifier(L.LightningModule):
         self._epoch_start = 0.0
 
     @torch.no_grad()
-    def _ema_update(self, ema: list[torch.Tensor], current: list[torch.Tensor],
-                    num_averaged: torch.Tensor) -> None:
+    def _ema_update(
+        self, ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
+    ) -> None:
         # warm-up as in timm's ModelEmaV3: early on the average must not cling to the random init
         step = float(num_averaged)
         decay = min(self.cfg.ema_decay, (1 + step) / (10 + step))
@@ -136,7 +137,9 @@ class PatchClassifier(L.LightningModule):
         both = len(np.unique(labels)) == 2
         auc = roc_auc_score(labels, logits) if both else float("nan")
         probs = sigmoid(logits)
-        nll = float(np.mean(-(labels * np.log(probs + 1e-7) + (1 - labels) * np.log(1 - probs + 1e-7))))
+        nll = float(
+            np.mean(-(labels * np.log(probs + 1e-7) + (1 - labels) * np.log(1 - probs + 1e-7)))
+        )
         acc = float(np.mean((probs >= 0.5) == labels))
         self.log_dict({"val_auc": auc, "val_loss": nll, "val_acc": acc}, prog_bar=True)
 
@@ -146,8 +149,10 @@ class PatchClassifier(L.LightningModule):
         for name, param in self.net.named_parameters():
             (no_decay if param.ndim <= 1 or name.endswith(".bias") else decay).append(param)
         optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay},
-             {"params": no_decay, "weight_decay": 0.0}],
+            [
+                {"params": decay, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "weight_decay": 0.0},
+            ],
             lr=cfg.lr,
         )
         total = max(1, self.trainer.estimated_stepping_batches)
@@ -165,7 +170,10 @@ class PatchClassifier(L.LightningModule):
             return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }
 
 
 @dataclass
@@ -175,16 +183,20 @@ class SplitData:
     description: str
 
 
-def make_split(source: PatchSource, cfg: TrainConfig, manifest: Path | None,
-               groups_csv: Path | None) -> SplitData:
+def make_split(
+    source: PatchSource, cfg: TrainConfig, manifest: Path | None, groups_csv: Path | None
+) -> SplitData:
     """Training and validation sets: PCam's official valid split, grouped, or stratified."""
     source.require_clean(need_labels=True)
     keep = select_manifest(source, manifest)
     if isinstance(source, PCamSource) and source.split == "train":
         valid = open_pcam(source.x_path.parent, "valid")
         valid.require_clean(need_labels=True)
-        return SplitData(PatchDataset(source, keep), PatchDataset(valid, np.arange(len(valid))),
-                         "PCam official valid split")
+        return SplitData(
+            PatchDataset(source, keep),
+            PatchDataset(valid, np.arange(len(valid))),
+            "PCam official valid split",
+        )
     groups = None
     if cfg.group_col:
         if groups_csv is None:
@@ -192,8 +204,11 @@ def make_split(source: PatchSource, cfg: TrainConfig, manifest: Path | None,
         groups = read_groups(groups_csv, cfg.group_col, [source.ids[i] for i in keep])
     tr, va = split_indices(source.labels[keep], cfg.val_fraction, cfg.split_seed, groups)
     how = f"grouped by {cfg.group_col}" if groups is not None else "stratified random"
-    return SplitData(PatchDataset(source, keep[tr]), PatchDataset(source, keep[va]),
-                     f"{how}, {cfg.val_fraction:.0%} validation, seed {cfg.split_seed}")
+    return SplitData(
+        PatchDataset(source, keep[tr]),
+        PatchDataset(source, keep[va]),
+        f"{how}, {cfg.val_fraction:.0%} validation, seed {cfg.split_seed}",
+    )
 
 
 def _limit(value: float) -> float | int:
@@ -246,8 +261,11 @@ def fit(
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     _write_split(run_dir / "split.csv", split)
 
-    loader_kw = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                     persistent_workers=cfg.num_workers > 0)
+    loader_kw = dict(
+        batch_size=cfg.batch_size,
+        num_workers=cfg.num_workers,
+        persistent_workers=cfg.num_workers > 0,
+    )
     # a last batch of a few patches gives noisy BatchNorm statistics; drop it unless it is all
     drop_last = len(split.train) >= 2 * cfg.batch_size
     train_loader = DataLoader(split.train, shuffle=True, drop_last=drop_last, **loader_kw)
@@ -256,20 +274,28 @@ def fit(
     if len(split.train) < 2 or len(split.val) < 2:
         raise DataError(f"{source.root}: too few patches to train ({len(source)})")
     module = PatchClassifier(cfg, spec, steps)
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max",
-                           save_last=True)
+    best = ModelCheckpoint(
+        dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_last=True
+    )
     callbacks: list[Any] = [best]
     if cfg.patience:
         callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
     trainer = L.Trainer(
-        default_root_dir=run_dir, max_epochs=cfg.epochs,
+        default_root_dir=run_dir,
+        max_epochs=cfg.epochs,
         max_time=timedelta(minutes=cfg.max_minutes) if cfg.max_minutes else None,
-        accelerator=cfg.accelerator, devices=cfg.devices, num_nodes=cfg.num_nodes,
+        accelerator=cfg.accelerator,
+        devices=cfg.devices,
+        num_nodes=cfg.num_nodes,
         strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
-        precision=resolve_precision(cfg), callbacks=callbacks,
-        logger=CSVLogger(run_dir, name="", version=""), enable_progress_bar=progress,
+        precision=resolve_precision(cfg),
+        callbacks=callbacks,
+        logger=CSVLogger(run_dir, name="", version=""),
+        enable_progress_bar=progress,
         limit_train_batches=_limit(cfg.limit_train_batches),
-        limit_val_batches=_limit(cfg.limit_val_batches), deterministic=False, log_every_n_steps=10,
+        limit_val_batches=_limit(cfg.limit_val_batches),
+        deterministic=False,
+        log_every_n_steps=10,
         enable_model_summary=progress,
     )
     if resume and (run_dir / "metrics.csv").is_file():
@@ -281,14 +307,21 @@ def fit(
     if not trainer.is_global_zero:
         return run_dir / "model.pt"
     best_path = best.best_model_path or str(last)
-    module = PatchClassifier.load_from_checkpoint(best_path, cfg=cfg, spec=spec,
-                                                  steps_per_epoch=steps, weights_only=False)
+    module = PatchClassifier.load_from_checkpoint(
+        best_path, cfg=cfg, spec=spec, steps_per_epoch=steps, weights_only=False
+    )
     finish_run(module, split, cfg, run_dir, seconds, trainer.current_epoch)
     return run_dir / "model.pt"
 
 
-def finish_run(module: PatchClassifier, split: SplitData, cfg: TrainConfig, run_dir: Path,
-               seconds: float, epochs: int) -> None:
+def finish_run(
+    module: PatchClassifier,
+    split: SplitData,
+    cfg: TrainConfig,
+    run_dir: Path,
+    seconds: float,
+    epochs: int,
+) -> None:
     """Fit the temperature on TTA validation logits and write the model file and curves."""
     net = module.eval_net.float().eval().cpu()
     card = {
@@ -304,30 +337,53 @@ def finish_run(module: PatchClassifier, split: SplitData, cfg: TrainConfig, run_
         "history": read_history(run_dir),
         "torch": str(torch.__version__),
     }
-    calibrate_and_save(net, module.spec, split.val.source, split.val.indices, card,
-                       run_dir / "model.pt")
+    calibrate_and_save(
+        net, module.spec, split.val.source, split.val.indices, card, run_dir / "model.pt"
+    )
     (run_dir / "summary.json").write_text(
-        json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2))
+        json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2)
+    )
     plot_training_curves(card["history"], run_dir / "training_curves.png")
 
 
-def calibrate_and_save(net: nn.Module, spec: ModelSpec, val_source: PatchSource,
-                       val_indices: np.ndarray, card: dict[str, Any], out: Path) -> ModelFile:
+def calibrate_and_save(
+    net: nn.Module,
+    spec: ModelSpec,
+    val_source: PatchSource,
+    val_indices: np.ndarray,
+    card: dict[str, Any],
+    out: Path,
+) -> ModelFile:
     """D4-TTA logits on the validation split -> temperature, AUC in the card -> model file."""
     from sklearn.metrics import roc_auc_score
 
     infer = InferenceNet(net, spec).eval()
     images = val_source.read_many(val_indices)
     labels = val_source.labels[val_indices].astype(np.int64)
-    logits = np.concatenate([tta_logits(infer, images[i:i + 256], "d4", torch.device("cpu"),
-                                        precision="32") for i in range(0, len(images), 256)])
+    logits = np.concatenate(
+        [
+            tta_logits(infer, images[i : i + 256], "d4", torch.device("cpu"), precision="32")
+            for i in range(0, len(images), 256)
+        ]
+    )
     both = len(np.unique(labels)) == 2
     temperature = fit_temperature(logits, labels) if both else 1.0
     auc = float(roc_auc_score(labels, logits)) if both else float("nan")
-    card = {**card, "val_auc_tta_d4": round(auc, 5), "temperature": round(temperature, 4),
-            "val_ids": [val_source.ids[i] for i in val_indices]}
-    mf = ModelFile(spec=replace(spec), net=net, temperature=temperature, threshold=0.5,
-                   val_logits=logits, val_labels=labels, card=card)
+    card = {
+        **card,
+        "val_auc_tta_d4": round(auc, 5),
+        "temperature": round(temperature, 4),
+        "val_ids": [val_source.ids[i] for i in val_indices],
+    }
+    mf = ModelFile(
+        spec=replace(spec),
+        net=net,
+        temperature=temperature,
+        threshold=0.5,
+        val_logits=logits,
+        val_labels=labels,
+        card=card,
+    )
     save_model_file(out, mf)
     log.info("validation AUC (D4 TTA) %.4f, temperature %.3f -> %s", auc, temperature, out)
     return mf
@@ -355,8 +411,9 @@ def build_ensemble(model_paths: list[Path], source: PatchSource, out: Path) -> M
     card = {
         **{k: v for k, v in first.items() if k not in ("val_ids", "val_auc_tta_d4", "temperature")},
         "model": spec.name,
-        "members": [{k: v for k, v in mf.card.items() if k not in ("val_ids", "history")}
-                    for mf in members],
+        "members": [
+            {k: v for k, v in mf.card.items() if k not in ("val_ids", "history")} for mf in members
+        ],
         "member_histories": [mf.card.get("history", []) for mf in members],
         "train_seconds": max(mf.card.get("train_seconds", 0) for mf in members),
     }
@@ -372,7 +429,9 @@ def read_history(run_dir: Path) -> list[dict[str, float]]:
         with open(run_dir / name, newline="") as fh:
             for row in csv.DictReader(fh):
                 epoch = int(row["epoch"])
-                values = {k: float(v) for k, v in row.items() if v not in (None, "") and k != "epoch"}
+                values = {
+                    k: float(v) for k, v in row.items() if v not in (None, "") and k != "epoch"
+                }
                 merged.setdefault(epoch, {"epoch": epoch}).update(values)
     return [merged[e] for e in sorted(merged)]
 

@@ -38,8 +38,17 @@ def test_model_file_round_trips_weights_and_preprocessing(tmp_path: Path) -> Non
     spec = model_spec("resnet18", input_px=128)
     net = create_model("resnet18").eval()
     path = tmp_path / "m.pt"
-    save_model_file(path, ModelFile(spec=spec, net=net, temperature=1.7, threshold=0.3,
-                                    val_logits=np.array([0.1, -2.0]), val_labels=np.array([1, 0])))
+    save_model_file(
+        path,
+        ModelFile(
+            spec=spec,
+            net=net,
+            temperature=1.7,
+            threshold=0.3,
+            val_logits=np.array([0.1, -2.0]),
+            val_labels=np.array([1, 0]),
+        ),
+    )
     loaded = load_model_file(path)
     assert loaded.spec == spec and loaded.spec.input_px == 128
     assert (loaded.temperature, loaded.threshold) == (1.7, 0.3)

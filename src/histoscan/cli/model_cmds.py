@@ -3,44 +3,60 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
 from histoscan.cli.app import command
 
 DataArg = Annotated[Path, typer.Argument(help="Patches: store, PCam HDF5, Kaggle root or folder.")]
-LabelsOpt = Annotated[Optional[Path], typer.Option(help="id,label CSV for a plain image folder.")]
-SplitOpt = Annotated[Optional[str], typer.Option(help="train/valid/test (PCam), train/test (Kaggle).")]
-ModelOpt = Annotated[Optional[Path], typer.Option("--model", "-m", help="Model file (default: bundled).")]
+LabelsOpt = Annotated[Path | None, typer.Option(help="id,label CSV for a plain image folder.")]
+SplitOpt = Annotated[str | None, typer.Option(help="train/valid/test (PCam), train/test (Kaggle).")]
+ModelOpt = Annotated[
+    Path | None, typer.Option("--model", "-m", help="Model file (default: bundled).")
+]
 
 
 @command("train")
 def train(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
-    model: Annotated[Optional[str], typer.Option(help="Architecture (see `histoscan models`).")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="YAML preset, e.g. configs/cpu-small.yaml.")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Architecture (see `histoscan models`).")
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="YAML preset, e.g. configs/cpu-small.yaml.")
+    ] = None,
     labels: LabelsOpt = None,
     split: SplitOpt = None,
-    manifest: Annotated[Optional[Path], typer.Option(help="Audit manifest: train on kept ids only.")] = None,
-    epochs: Annotated[Optional[int], typer.Option()] = None,
-    batch_size: Annotated[Optional[int], typer.Option()] = None,
-    lr: Annotated[Optional[float], typer.Option()] = None,
-    input_px: Annotated[Optional[int], typer.Option(help="Resize patches to this for the network.")] = None,
-    pretrained: Annotated[Optional[bool], typer.Option("--pretrained/--scratch")] = None,
-    val_fraction: Annotated[Optional[float], typer.Option()] = None,
-    group_col: Annotated[Optional[str], typer.Option(help="Slide-id column: no slide on both sides.")] = None,
-    groups: Annotated[Optional[Path], typer.Option(help="CSV with id and the --group-col column.")] = None,
-    seed: Annotated[Optional[int], typer.Option()] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, 32 or bf16.")] = None,
-    patience: Annotated[Optional[int], typer.Option(help="Early-stopping patience (epochs).")] = None,
-    num_workers: Annotated[Optional[int], typer.Option()] = None,
-    devices: Annotated[Optional[int], typer.Option(help="Processes/GPUs per node (DDP).")] = None,
-    num_nodes: Annotated[Optional[int], typer.Option()] = None,
-    accelerator: Annotated[Optional[str], typer.Option(help="auto, cpu or gpu.")] = None,
-    limit_train_batches: Annotated[Optional[float], typer.Option(hidden=True)] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")] = False,
+    manifest: Annotated[
+        Path | None, typer.Option(help="Audit manifest: train on kept ids only.")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option()] = None,
+    batch_size: Annotated[int | None, typer.Option()] = None,
+    lr: Annotated[float | None, typer.Option()] = None,
+    input_px: Annotated[
+        int | None, typer.Option(help="Resize patches to this for the network.")
+    ] = None,
+    pretrained: Annotated[bool | None, typer.Option("--pretrained/--scratch")] = None,
+    val_fraction: Annotated[float | None, typer.Option()] = None,
+    group_col: Annotated[
+        str | None, typer.Option(help="Slide-id column: no slide on both sides.")
+    ] = None,
+    groups: Annotated[
+        Path | None, typer.Option(help="CSV with id and the --group-col column.")
+    ] = None,
+    seed: Annotated[int | None, typer.Option()] = None,
+    precision: Annotated[str | None, typer.Option(help="auto, 32 or bf16.")] = None,
+    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
+    num_workers: Annotated[int | None, typer.Option()] = None,
+    devices: Annotated[int | None, typer.Option(help="Processes/GPUs per node (DDP).")] = None,
+    num_nodes: Annotated[int | None, typer.Option()] = None,
+    accelerator: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
+    limit_train_batches: Annotated[float | None, typer.Option(hidden=True)] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train a model; writes checkpoints, metrics, curves and RUN_DIR/model.pt."""
@@ -49,14 +65,34 @@ def train(
     from histoscan.train import fit
 
     cfg = load_train_config(
-        config, model=model, epochs=epochs, batch_size=batch_size, lr=lr, input_px=input_px,
-        pretrained=pretrained, val_fraction=val_fraction, group_col=group_col, seed=seed,
-        precision=precision, patience=patience, num_workers=num_workers, devices=devices,
-        num_nodes=num_nodes, accelerator=accelerator, limit_train_batches=limit_train_batches,
+        config,
+        model=model,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        input_px=input_px,
+        pretrained=pretrained,
+        val_fraction=val_fraction,
+        group_col=group_col,
+        seed=seed,
+        precision=precision,
+        patience=patience,
+        num_workers=num_workers,
+        devices=devices,
+        num_nodes=num_nodes,
+        accelerator=accelerator,
+        limit_train_batches=limit_train_batches,
     )
     source = open_source(data, labels=labels, split=split)
-    model_path = fit(source, cfg, out, manifest=manifest, groups_csv=groups or labels,
-                     resume=resume, progress=not quiet)
+    model_path = fit(
+        source,
+        cfg,
+        out,
+        manifest=manifest,
+        groups_csv=groups or labels,
+        resume=resume,
+        progress=not quiet,
+    )
     typer.echo(f"model written to {model_path}")
 
 
@@ -87,10 +123,12 @@ def evaluate(
     model: ModelOpt = None,
     labels: LabelsOpt = None,
     split: SplitOpt = None,
-    subset: Annotated[str, typer.Option(help="all, or val: only the model's validation ids.")] = "all",
+    subset: Annotated[
+        str, typer.Option(help="all, or val: only the model's validation ids.")
+    ] = "all",
     tta: TtaOpt = "d4",
-    threshold: Annotated[Optional[str], typer.Option(help="0.5, youden or sens:0.95.")] = None,
-    engine: Annotated[str, typer.Option(help="torch or onnx.")] = "torch",
+    threshold: Annotated[str | None, typer.Option(help="0.5, youden or sens:0.95.")] = None,
+    engine: Annotated[str, typer.Option(help="auto, torch, onnx or onnx-int8.")] = "auto",
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Metrics with a bootstrap CI, calibration before/after temperature scaling, and plots."""
@@ -105,8 +143,9 @@ def evaluate(
     source = open_source(data, labels=labels, split=split)
     source.require_clean(need_labels=True)
     idx = _subset_indices(source, predictor.model_file, subset)
-    result = evaluate_model(predictor, source, idx, out, tta=tta, threshold_rule=threshold,
-                            progress=not quiet)
+    result = evaluate_model(
+        predictor, source, idx, out, tta=tta, threshold_rule=threshold, progress=not quiet
+    )
     table = Table(title=f"{predictor.name} on {len(idx)} patches ({subset}), TTA {tta}")
     table.add_column("metric")
     table.add_column("calibrated", justify="right")
@@ -128,7 +167,7 @@ def predict(
     labels: LabelsOpt = None,
     split: SplitOpt = None,
     tta: TtaOpt = "d4",
-    engine: Annotated[str, typer.Option(help="torch, or onnx (onnxruntime).")] = "torch",
+    engine: Annotated[str, typer.Option(help="auto, torch, onnx or onnx-int8.")] = "auto",
     batch_size: Annotated[int, typer.Option()] = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -153,13 +192,33 @@ def predict(
 def export_onnx_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
     model: ModelOpt = None,
+    int8: Annotated[
+        bool, typer.Option(help="Static int8 quantization (needs --calibration).")
+    ] = False,
+    calibration: Annotated[Path | None, typer.Option(help="Patches to calibrate int8 on.")] = None,
+    calibration_size: Annotated[int, typer.Option(help="How many calibration patches.")] = 512,
 ) -> None:
-    """Export a model (with its preprocessing and calibration) to ONNX for onnxruntime."""
-    from histoscan.models.bundle import load_model_file
-    from histoscan.predict import export_onnx
+    """Export a model (preprocessing and calibration included) to ONNX for onnxruntime.
 
-    export_onnx(load_model_file(model), output)
-    typer.echo(f"ONNX model written to {output}")
+    Save it beside the model as <stem>.onnx (fp32) or <stem>.int8.onnx and `predict --engine`
+    picks it up; `auto` uses the int8 file when present.
+    """
+    import numpy as np
+
+    from histoscan.data.sources import atomic_write_bytes, open_source
+    from histoscan.errors import DataError
+    from histoscan.models.bundle import load_model_file
+    from histoscan.predict import export_onnx, quantize_onnx
+
+    data = export_onnx(load_model_file(model))
+    if int8:
+        if calibration is None:
+            raise DataError("--int8 needs --calibration DATA (a few hundred real patches)")
+        source = open_source(calibration)
+        pick = np.random.default_rng(0).permutation(len(source))[:calibration_size]
+        data = quantize_onnx(data, source.read_many(np.sort(pick)))
+    atomic_write_bytes(output, data)
+    typer.echo(f"ONNX model written to {output}" + (" (int8)" if int8 else ""))
 
 
 @command("models")
@@ -184,5 +243,7 @@ def ensemble(
     from histoscan.train import build_ensemble
 
     mf = build_ensemble(members, open_source(data, labels=labels), out)
-    typer.echo(f"ensemble of {len(members)} written to {out} "
-               f"(validation AUC with D4 TTA {mf.card['val_auc_tta_d4']:.4f})")
+    typer.echo(
+        f"ensemble of {len(members)} written to {out} "
+        f"(validation AUC with D4 TTA {mf.card['val_auc_tta_d4']:.4f})"
+    )

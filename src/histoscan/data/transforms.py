@@ -50,7 +50,7 @@ def _rand(b: int, scale: float, device: torch.device) -> torch.Tensor:
 
 
 class Augment(nn.Module):
-    """Dihedral, small shifts, colour and H&E stain jitter, optional blur, on (B, 3, H, W) in [0, 1]."""
+    """Dihedral, shifts, colour and H&E stain jitter, optional blur; (B, 3, H, W) in [0, 1]."""
 
     def __init__(self, cfg: AugmentConfig) -> None:
         super().__init__()
@@ -80,8 +80,9 @@ class Augment(nn.Module):
         theta[:, 0, 2] = shifts[:, 0] * 2 / w
         theta[:, 1, 2] = shifts[:, 1] * 2 / h
         grid = nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
-        return nn.functional.grid_sample(x, grid, mode="nearest", padding_mode="reflection",
-                                         align_corners=False)
+        return nn.functional.grid_sample(
+            x, grid, mode="nearest", padding_mode="reflection", align_corners=False
+        )
 
     def _hed_jitter(self, x: torch.Tensor) -> torch.Tensor:
         b = x.shape[0]
@@ -102,7 +103,7 @@ class Augment(nn.Module):
             mean = x.mean(dim=(1, 2, 3), keepdim=True)
             x = (x - mean) * (1 + _rand(b, cfg.contrast, dev)) + mean
         if cfg.saturation:
-            grey = (0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3])
+            grey = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
             x = (x - grey) * (1 + _rand(b, cfg.saturation, dev)) + grey
         if cfg.hue:
             x = self._hue_rotate(x, _rand(b, cfg.hue, dev))

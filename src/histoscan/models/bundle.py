@@ -75,8 +75,10 @@ def save_model_file(path: Path, mf: ModelFile) -> None:
     payload = {
         "format": FORMAT,
         "spec": mf.spec.to_dict(),
-        "state_dict": {k: v.detach().float() if v.is_floating_point() else v
-                       for k, v in mf.net.state_dict().items()},
+        "state_dict": {
+            k: v.detach().float() if v.is_floating_point() else v
+            for k, v in mf.net.state_dict().items()
+        },
         "temperature": float(mf.temperature),
         "threshold": float(mf.threshold),
         "val_logits": None if mf.val_logits is None else torch.as_tensor(mf.val_logits).float(),

@@ -29,7 +29,10 @@ class Ensemble(nn.Module):
         parts = features.split(self.splits, dim=1)
         if pre_logits:
             return torch.cat(
-                [m.forward_head(f, pre_logits=True) for m, f in zip(self.members, parts, strict=True)],
+                [
+                    m.forward_head(f, pre_logits=True)
+                    for m, f in zip(self.members, parts, strict=True)
+                ],
                 dim=1,
             )  # (B, sum C_i)
         logits = [m.forward_head(f) for m, f in zip(self.members, parts, strict=True)]

@@ -81,7 +81,9 @@ def histocnn(pretrained: bool = False, **kwargs: object) -> HistoCNN:
 
 
 @register_model(
-    ModelSpec(name="histocnn_wide", target_layer="stages.3.act", kwargs={"widths": (48, 96, 192, 384)})
+    ModelSpec(
+        name="histocnn_wide", target_layer="stages.3.act", kwargs={"widths": (48, 96, 192, 384)}
+    )
 )
 def histocnn_wide(pretrained: bool = False, **kwargs: object) -> HistoCNN:
     return histocnn(pretrained=pretrained, **kwargs)
