@@ -148,3 +148,34 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path: Path) -> None:
     labels = source.labels
     assert ((p_ddp >= 0.5) == labels).mean() >= 0.95
     assert ((p_ddp >= 0.5) == (p_single >= 0.5)).mean() >= 0.95
+
+
+def test_checkpoints_carry_the_preprocessing(tmp_path: Path) -> None:
+    import torch
+
+    data = write_separable_folder(tmp_path / "data", n_per_class=8)
+    cfg = load_train_config(None, epochs=1, input_px=64, **FAST)
+    fit(open_source(data), cfg, tmp_path / "run", progress=False)
+    ckpt = torch.load(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert ckpt["histoscan"]["spec"]["input_px"] == 64
+    assert tuple(ckpt["histoscan"]["spec"]["mean"]) == (0.485, 0.456, 0.406)
+    assert Predictor.load(tmp_path / "run" / "model.pt").spec.input_px == 64
+
+
+def test_pcam_training_uses_the_official_valid_split(tmp_path: Path) -> None:
+    import h5py
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("valid", 8)):
+        y = np.array([i % 2 for i in range(n)], dtype=np.uint8)
+        x = rng.integers(150, 230, (n, 96, 96, 3), dtype=np.uint8)
+        x[y == 1, 32:64, 32:64] = 40
+        with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
+            f["x"] = x
+        with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
+            f["y"] = y.reshape(-1, 1, 1, 1)
+    fit(open_source(tmp_path), load_train_config(None, epochs=1, **FAST), tmp_path / "run",
+        progress=False)
+    card = Predictor.load(tmp_path / "run" / "model.pt").model_file.card
+    assert card["split"] == "PCam official valid split"
+    assert card["val_ids"] == [f"valid/{i}" for i in range(8)]

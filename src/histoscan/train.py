@@ -77,6 +77,10 @@ class PatchClassifier(L.LightningModule):
         self._val_labels: list[torch.Tensor] = []
         self._epoch_start = 0.0
 
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # every checkpoint carries the preprocessing and settings needed to use it
+        checkpoint["histoscan"] = {"spec": self.spec.to_dict(), "config": config_to_dict(self.cfg)}
+
     @torch.no_grad()
     def _ema_update(
         self, ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor
