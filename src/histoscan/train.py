@@ -340,6 +340,7 @@ def finish_run(
         "train_seconds": round(seconds, 1),
         "history": read_history(run_dir),
         "torch": str(torch.__version__),
+        "machine": describe_machine(),
     }
     calibrate_and_save(
         net, module.spec, split.val.source, split.val.indices, card, run_dir / "model.pt"
@@ -393,7 +394,12 @@ def calibrate_and_save(
     return mf
 
 
-def build_ensemble(model_paths: list[Path], source: PatchSource, out: Path) -> ModelFile:
+def build_ensemble(
+    model_paths: list[Path],
+    source: PatchSource,
+    out: Path,
+    extra_card: dict[str, Any] | None = None,
+) -> ModelFile:
     """One model averaging the logits of histocnn members that share a validation split."""
     members = [load_model_file(p) for p in model_paths]
     names = {mf.spec.name for mf in members}
@@ -420,8 +426,26 @@ def build_ensemble(model_paths: list[Path], source: PatchSource, out: Path) -> M
         ],
         "member_histories": [mf.card.get("history", []) for mf in members],
         "train_seconds": max(mf.card.get("train_seconds", 0) for mf in members),
+        "machine": describe_machine(),
+        **(extra_card or {}),
     }
     return calibrate_and_save(net.eval(), spec, source, indices, card, out)
+
+
+def describe_machine() -> str:
+    """CPU model and core count (and GPU, if any), for model cards and benchmarks."""
+    import os
+    import platform
+
+    cpu = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            names = (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
+            cpu = next(names)
+    except (OSError, StopIteration):
+        pass
+    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return f"{cpu}, {os.cpu_count()} cores{gpu}"
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:

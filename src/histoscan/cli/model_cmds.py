@@ -237,13 +237,38 @@ def ensemble(
     data: Annotated[Path, typer.Option(help="The data they were trained on (for validation).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Model file to write.")],
     labels: LabelsOpt = None,
+    name: Annotated[str | None, typer.Option(help="Name for the model card.")] = None,
+    command_note: Annotated[
+        str | None, typer.Option("--command", help="How the members were trained, for the card.")
+    ] = None,
 ) -> None:
     """Average several models trained on one split into one calibrated model file."""
     from histoscan.data.sources import open_source
     from histoscan.train import build_ensemble
 
-    mf = build_ensemble(members, open_source(data, labels=labels), out)
+    extra = {"name": name, "command": command_note}
+    mf = build_ensemble(
+        members,
+        open_source(data, labels=labels),
+        out,
+        extra_card={k: v for k, v in extra.items() if v},
+    )
     typer.echo(
         f"ensemble of {len(members)} written to {out} "
         f"(validation AUC with D4 TTA {mf.card['val_auc_tta_d4']:.4f})"
     )
+
+
+@command("card")
+def card(
+    model: ModelOpt = None,
+    metrics: Annotated[Path | None, typer.Option(help="evaluate's metrics.json to add.")] = None,
+) -> None:
+    """Print a model's card (data, recipe, validation metrics) as Markdown."""
+    import json
+
+    from histoscan.models.bundle import load_model_file
+    from histoscan.models.card import render_card
+
+    evaluation = json.loads(metrics.read_text()) if metrics else None
+    typer.echo(render_card(load_model_file(model), evaluation), nl=False)
