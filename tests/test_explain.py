@@ -325,3 +325,26 @@ def test_explain_unlabelled_data_needs_ids(untrained_model_file: Path, tmp_path:
         "explain", folder, "--model", untrained_model_file, "--out", tmp_path / "x", "--quiet"
     )
     assert result.exit_code == 2 and "pass --ids" in result.output
+
+
+def test_explain_handles_ids_that_are_not_file_names(untrained_model_file: Path, tmp_path: Path):
+    from histoscan.data.sources import PatchSource
+    from histoscan.explain.runs import run_explain
+
+    class InMemory(PatchSource):  # PCam-style ids: "<split>/<index>"
+        def __init__(self, images: np.ndarray) -> None:
+            super().__init__(tmp_path, [f"train/{i}" for i in range(len(images))], [0, 1, 0, 1])
+            self.images = images
+
+        def read_raw(self, i: int) -> np.ndarray:
+            return self.images[i]
+
+    summary = run_explain(
+        load_model_file(untrained_model_file),
+        InMemory(patches(4)),
+        tmp_path / "out",
+        ids=["train/1", "train/2"],
+        progress=False,
+    )
+    assert [r["id"] for r in summary["patches"]] == ["train/1", "train/2"]
+    assert all((tmp_path / "out" / r["file"]).is_file() for r in summary["patches"])

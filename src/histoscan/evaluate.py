@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ import numpy as np
 from histoscan.calibration import sigmoid
 from histoscan.data.sources import PatchSource
 from histoscan.errors import DataError
+from histoscan.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +124,7 @@ def evaluate_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result["plots"] = write_plots(out_dir, labels, probs, probs_raw, result["calibrated"])
-    _atomic_text(out_dir / "metrics.json", json.dumps(result, indent=2))
+    atomic_write(out_dir / "metrics.json", json.dumps(result, indent=2))
     from histoscan.predict import write_predictions
 
     write_predictions(
@@ -150,13 +149,6 @@ def _predict_logits(
             out[start : start + len(images)] = predictor.logits(images, tta)
             bar.advance(len(images))
     return out
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
 
 
 def write_plots(

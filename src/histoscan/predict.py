@@ -11,7 +11,6 @@ import csv
 import io
 import json
 import logging
-import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +22,7 @@ from histoscan.calibration import resolve_threshold, sigmoid
 from histoscan.data.sources import PatchSource
 from histoscan.data.transforms import tta_views
 from histoscan.errors import ModelError
+from histoscan.io import atomic_write
 from histoscan.models.bundle import ModelFile, load_model_file
 from histoscan.models.registry import ModelSpec
 from histoscan.progress import progress_bar
@@ -176,16 +176,7 @@ def write_predictions(
     writer.writerow(["id", "label", *extra])
     for i, (key, p) in enumerate(zip(ids, probs, strict=True)):
         writer.writerow([key, f"{p:.6f}", *(col[i] for col in extra.values())])
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(buf.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, buf.getvalue())
 
 
 def export_onnx(mf: ModelFile, path: Path | None = None) -> bytes:
@@ -219,11 +210,7 @@ def export_onnx(mf: ModelFile, path: Path | None = None) -> bytes:
     entry.value = json.dumps(meta)
     data = model.SerializeToString()
     if path is not None:
-        path = Path(path)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
+        atomic_write(path, data)
     return data
 
 

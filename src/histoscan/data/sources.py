@@ -11,9 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
-import os
 import re
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from histoscan.errors import DataError
+from histoscan.io import atomic_file, atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -345,28 +344,18 @@ def _safe_iterdir(path: Path) -> list[Path]:
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write a file through a temporary name in the same folder, then rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, data)
 
 
 def gunzip_cached(src: Path, dest: Path, progress: bool = True) -> Path:
     """Decompress ``src`` (.gz) to ``dest`` once; later calls reuse it. Atomic."""
     if dest.exists() and dest.stat().st_mtime >= src.stat().st_mtime:
         return dest
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        from histoscan.progress import progress_bar
+    from histoscan.progress import progress_bar
 
+    try:
         with (
+            atomic_file(dest) as tmp,
             open(src, "rb") as raw,
             gzip.GzipFile(fileobj=raw) as zipped,
             open(tmp, "wb") as out,
@@ -377,11 +366,6 @@ def gunzip_cached(src: Path, dest: Path, progress: bool = True) -> Path:
             while chunk := zipped.read(1 << 22):
                 out.write(chunk)
                 bar.update(raw.tell())
-        os.replace(tmp, dest)
     except (OSError, EOFError) as exc:
-        Path(tmp).unlink(missing_ok=True)
         raise DataError(f"{src}: cannot decompress ({exc})") from exc
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return dest

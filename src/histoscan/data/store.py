@@ -17,9 +17,6 @@ import csv
 import hashlib
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,6 +26,7 @@ import numpy as np
 from histoscan import __version__
 from histoscan.data.sources import PATCH_PX, PatchSource
 from histoscan.errors import DataError
+from histoscan.io import atomic_dir
 from histoscan.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -138,9 +136,7 @@ def write_store(
         raise DataError(f"{out}: already exists (use --overwrite to replace it)")
     source.require_clean()
     indices = select_manifest(source, manifest)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-    try:
+    with atomic_dir(out) as tmp:
         digest = _write_arrays(source, indices, tmp, chunk, progress)
         meta = {
             "format": FORMAT,
@@ -159,10 +155,6 @@ def write_store(
             "sha256": digest,
         }
         (tmp / META).write_text(json.dumps(meta, indent=2))
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return PatchStore(out)
 
 
@@ -189,14 +181,3 @@ def _write_arrays(
     digest.update(labels.tobytes())
     digest.update("\n".join(ids).encode())
     return digest.hexdigest()
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Move a finished folder into place; an old one is moved aside first, then removed."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -183,7 +184,8 @@ def _write_patch_pngs(
     rank: dict[str, int] = {}
     for i, image, cam, group in zip(indices, images, maps, groups, strict=True):
         rank[group] = rank.get(group, 0) + 1
-        name = f"{group.replace('?', 'unlabelled')}_{rank[group]:02d}_{source.ids[i]}.png"
+        safe_id = re.sub(r"[^A-Za-z0-9._-]", "_", source.ids[i])  # PCam ids are "train/123"
+        name = f"{group.replace('?', 'unlabelled')}_{rank[group]:02d}_{safe_id}.png"
         pair = np.concatenate([with_centre_box(image), with_centre_box(overlay(image, cam))], 1)
         Image.fromarray(pair).save(folder / name)
         rows.append({"id": source.ids[i], "case": group, "file": f"patches/{name}"})

@@ -7,8 +7,6 @@ values, never code.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 
 from histoscan.errors import ModelError
+from histoscan.io import atomic_file
 from histoscan.models.registry import ModelSpec, create_model
 
 FORMAT = "histoscan-model/1"
@@ -85,16 +84,8 @@ def save_model_file(path: Path, mf: ModelFile) -> None:
         "val_labels": None if mf.val_labels is None else torch.as_tensor(mf.val_labels).long(),
         "card": json.loads(json.dumps(mf.card, default=str)),  # plain values only
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_file(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_model_file(path: str | Path | None = None) -> ModelFile:

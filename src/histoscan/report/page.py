@@ -46,7 +46,7 @@ nav{font-size:13px;margin:8px 0 6px}nav a{margin-right:14px;color:#2856a3;text-d
 table{border-collapse:collapse;font-size:13.5px;margin:8px 0}
 td,th{border-bottom:1px solid #e6e8eb;padding:4px 10px;text-align:left;vertical-align:top}
 th{background:#f1f3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
-table.kv td:first-child{color:#5b6472;white-space:nowrap}
+table.kv td:first-child{color:#5b6472;white-space:nowrap}table.kv td.n{text-align:left}
 .row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
 .row>*{flex:0 1 auto;min-width:0}.half{max-width:calc(50% - 9px)}
 img{max-width:100%;height:auto}
@@ -72,12 +72,22 @@ def table(rows: list[list[Any]], head: list[str] | None = None, cls: str = "") -
     """A table; numbers are right-aligned."""
 
     def cell(v: Any, tag: str = "td") -> str:
-        numeric = tag == "td" and isinstance(v, int | float) and not isinstance(v, bool)
+        numeric = tag == "td" and _is_number(v)
         return f"<{tag}{' class=n' if numeric else ''}>{esc(v)}</{tag}>"
 
     top = "<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else ""
     body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
     return f"<table{f' class={cls}' if cls else ''}>{top}{body}</table>"
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool):
+        return False
+    try:
+        float(v)
+    except (TypeError, ValueError):
+        return False
+    return True
 
 
 def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -149,9 +159,9 @@ def _summary(d: ReportData) -> str:
     ]
     boxes = "".join(f"<div class=card><b>{v}</b><span>{t}</span></div>" for v, t in cards)
     where = (
-        "patches the model held out for validation while training"
+        f"{m['n']:,} patches the model held out for validation while training"
         if d.on_val_ids
-        else "every labelled patch given"
+        else f"all {m['n']:,} labelled patches given"
     )
     text = (
         f"<p>This is a <b>{esc(d.mf.spec.name)}</b> network trained for "
@@ -159,7 +169,7 @@ def _summary(d: ReportData) -> str:
         f"{esc(card.get('data', 'unrecorded data'))}. It reads a 96&times;96 pixel H&amp;E patch "
         "of a lymph node and gives the probability that the <b>centre 32&times;32 pixels</b> hold "
         "tumour (the PCam label: tumour elsewhere in the patch does not count).</p>"
-        f"<p>On {m['n']:,} {where}, it ranks a random tumour patch above a random normal one "
+        f"<p>On {where}, it ranks a random tumour patch above a random normal one "
         f"with probability {auc} (the ROC AUC). At its decision threshold {m['threshold']:.2f} "
         f"it finds {pct(m['sensitivity'])} of tumour patches and clears "
         f"{pct(m['specificity'])} of normal ones: {fn} missed tumour "
@@ -256,7 +266,7 @@ def _metrics(d: ReportData) -> str:
 def _calibration(d: ReportData) -> str:
     m, raw = d.metrics, d.metrics_raw
     names = {"nll": "log loss (NLL)", "brier": "Brier score", "ece": "calibration error (ECE)"}
-    rows = [[names[k], round(raw[k], 4), round(m[k], 4)] for k in names]
+    rows = [[names[k], f"{raw[k]:.4f}", f"{m[k]:.4f}"] for k in names]
     note = (
         "<p class=note>T was fitted on these same validation patches, so the calibration "
         "after scaling is measured in-sample and is somewhat optimistic.</p>"
@@ -305,7 +315,7 @@ def _embedding(d: ReportData) -> str:
     for c in e.clusters:
         tf = c["tumour_fraction"]
         rows.append(
-            [c["cluster"], c["size"], "?" if tf is None else round(tf, 2), round(c["mean_prob"], 2)]
+            [c["cluster"], c["size"], "?" if tf is None else f"{tf:.2f}", f"{c['mean_prob']:.2f}"]
         )
         if tf is not None and (worst is None or abs(tf - c["mean_prob"]) > worst[1]):
             worst = (c, abs(tf - c["mean_prob"]))
