@@ -1,9 +1,10 @@
 """The heatmap recovers a known tumour layout as well as the model scores the patches themselves.
 
 Uses the bundled model. Reading tiles at the right level, place and scale must not cost
-accuracy: the tile-level AUC against the L-shaped layout equals the patch-level AUC of the same
-model on the same patches when a level matches (up to tiles.csv's rounding), and stays within 0.02 of it when the reader has
-to resample (the fixture's pyramid is box-filtered, so resampled tiles are slightly blurred).
+accuracy: against the L-shaped layout, the tile-level AUC equals the patch-level AUC of the same
+model on the same patches when a level matches (up to tiles.csv's rounding), and stays within
+0.02 of it when the reader has to resample (the fixture's pyramid is box-filtered, so resampled
+tiles are slightly blurred).
 """
 
 from __future__ import annotations

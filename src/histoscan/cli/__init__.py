@@ -1,6 +1,13 @@
 """histoscan's command line: ``histoscan --help``."""
 
-from histoscan.cli import audit_cmd, data_cmds, model_cmds  # noqa: F401  (registers subcommands)
+from histoscan.cli import (  # noqa: F401  (importing registers the subcommands)
+    audit_cmd,
+    data_cmds,
+    explain_cmds,
+    model_cmds,
+    serve_cmd,
+    slide_cmd,
+)
 from histoscan.cli.app import app
 
 __all__ = ["app"]
