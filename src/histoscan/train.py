@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from histoscan.calibration import fit_temperature, sigmoid
+from histoscan.calibration import sigmoid
 from histoscan.config import TrainConfig, config_to_dict
 from histoscan.data.pcam import PCamSource, open_pcam
 from histoscan.data.sources import PatchSource
@@ -33,8 +33,9 @@ from histoscan.data.splits import read_groups, split_indices
 from histoscan.data.store import select_manifest
 from histoscan.data.transforms import Augment
 from histoscan.errors import DataError
-from histoscan.models.bundle import InferenceNet, ModelFile, load_model_file, save_model_file
-from histoscan.models.inference import cpu_has_bf16, tta_logits
+from histoscan.finalize import calibrate_and_save, describe_machine
+from histoscan.models.bundle import InferenceNet
+from histoscan.models.inference import cpu_has_bf16
 from histoscan.models.registry import ModelSpec, create_model, model_spec
 
 log = logging.getLogger(__name__)
@@ -349,103 +350,6 @@ def finish_run(
         json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2)
     )
     plot_training_curves(card["history"], run_dir / "training_curves.png")
-
-
-def calibrate_and_save(
-    net: nn.Module,
-    spec: ModelSpec,
-    val_source: PatchSource,
-    val_indices: np.ndarray,
-    card: dict[str, Any],
-    out: Path,
-) -> ModelFile:
-    """D4-TTA logits on the validation split -> temperature, AUC in the card -> model file."""
-    from sklearn.metrics import roc_auc_score
-
-    infer = InferenceNet(net, spec).eval()
-    images = val_source.read_many(val_indices)
-    labels = val_source.labels[val_indices].astype(np.int64)
-    logits = np.concatenate(
-        [
-            tta_logits(infer, images[i : i + 256], "d4", torch.device("cpu"), precision="32")
-            for i in range(0, len(images), 256)
-        ]
-    )
-    both = len(np.unique(labels)) == 2
-    temperature = fit_temperature(logits, labels) if both else 1.0
-    auc = float(roc_auc_score(labels, logits)) if both else float("nan")
-    card = {
-        **card,
-        "val_auc_tta_d4": round(auc, 5),
-        "temperature": round(temperature, 4),
-        "val_ids": [val_source.ids[i] for i in val_indices],
-    }
-    mf = ModelFile(
-        spec=replace(spec),
-        net=net,
-        temperature=temperature,
-        threshold=0.5,
-        val_logits=logits,
-        val_labels=labels,
-        card=card,
-    )
-    save_model_file(out, mf)
-    log.info("validation AUC (D4 TTA) %.4f, temperature %.3f -> %s", auc, temperature, out)
-    return mf
-
-
-def build_ensemble(
-    model_paths: list[Path],
-    source: PatchSource,
-    out: Path,
-    extra_card: dict[str, Any] | None = None,
-) -> ModelFile:
-    """One model averaging the logits of histocnn members that share a validation split."""
-    members = [load_model_file(p) for p in model_paths]
-    names = {mf.spec.name for mf in members}
-    if names != {"histocnn"}:
-        raise DataError(f"ensembles combine histocnn members; got {', '.join(sorted(names))}")
-    val_ids = [mf.card.get("val_ids") for mf in members]
-    if not val_ids[0] or any(v != val_ids[0] for v in val_ids):
-        raise DataError("ensemble members must share one recorded validation split")
-    spec = replace(model_spec("histocnn_ensemble"), kwargs={"n_members": len(members)})
-    net = create_model(spec.name, **spec.kwargs)
-    for slot, mf in zip(net.members, members, strict=True):
-        slot.load_state_dict(mf.net.state_dict())
-    position = {key: i for i, key in enumerate(source.ids)}
-    missing = [k for k in val_ids[0] if k not in position]
-    if missing:
-        raise DataError(f"{source.root}: validation id {missing[0]} not found")
-    indices = np.array([position[k] for k in val_ids[0]], dtype=np.int64)
-    first = members[0].card
-    card = {
-        **{k: v for k, v in first.items() if k not in ("val_ids", "val_auc_tta_d4", "temperature")},
-        "model": spec.name,
-        "members": [
-            {k: v for k, v in mf.card.items() if k not in ("val_ids", "history")} for mf in members
-        ],
-        "member_histories": [mf.card.get("history", []) for mf in members],
-        "train_seconds": max(mf.card.get("train_seconds", 0) for mf in members),
-        "machine": describe_machine(),
-        **(extra_card or {}),
-    }
-    return calibrate_and_save(net.eval(), spec, source, indices, card, out)
-
-
-def describe_machine() -> str:
-    """CPU model and core count (and GPU, if any), for model cards and benchmarks."""
-    import os
-    import platform
-
-    cpu = platform.processor() or "unknown CPU"
-    try:
-        with open("/proc/cpuinfo") as fh:
-            names = (line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
-            cpu = next(names)
-    except (OSError, StopIteration):
-        pass
-    gpu = f", {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
-    return f"{cpu}, {os.cpu_count()} cores{gpu}"
 
 
 def read_history(run_dir: Path) -> list[dict[str, float]]:

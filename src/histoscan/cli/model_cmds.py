@@ -244,7 +244,7 @@ def ensemble(
 ) -> None:
     """Average several models trained on one split into one calibrated model file."""
     from histoscan.data.sources import open_source
-    from histoscan.train import build_ensemble
+    from histoscan.finalize import build_ensemble
 
     extra = {"name": name, "command": command_note}
     mf = build_ensemble(
