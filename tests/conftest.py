@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import csv
-import hashlib
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
+
+from helpers import make_patch, write_labels, write_patches
 
 REAL_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pcam-real"
 
@@ -19,35 +17,6 @@ def real_root() -> Path:
     if not (REAL_ROOT / "train_labels.csv").is_file():
         pytest.skip(f"real sample not found at {REAL_ROOT}")
     return REAL_ROOT
-
-
-def make_patch(seed: int, size: int = 96) -> np.ndarray:
-    """A random uint8 RGB patch; different seeds give different pixels."""
-    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
-
-
-def pixel_id(image: np.ndarray) -> str:
-    """Kaggle's id: the SHA-1 of the raw pixel bytes."""
-    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
-
-
-def write_patches(folder: Path, images: list[np.ndarray], suffix: str = ".png") -> list[str]:
-    """Write images named by their pixel hash; returns the ids."""
-    folder.mkdir(parents=True, exist_ok=True)
-    ids = []
-    for image in images:
-        key = pixel_id(image)
-        kwargs = {"lossless": True} if suffix == ".webp" else {}
-        Image.fromarray(image).save(folder / f"{key}{suffix}", **kwargs)
-        ids.append(key)
-    return ids
-
-
-def write_labels(path: Path, rows: list[tuple[str, object]]) -> None:
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "label"])
-        writer.writerows(rows)
 
 
 @pytest.fixture

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -19,3 +21,32 @@ def write_separable_folder(folder: Path, n_per_class: int = 16, seed: int = 0) -
                 image[32:64, 32:64] = rng.integers(20, 90, (32, 32, 3), dtype=np.uint8)
             Image.fromarray(image).save(folder / str(label) / f"{label}_{i:03d}.png")
     return folder
+
+
+def make_patch(seed: int, size: int = 96) -> np.ndarray:
+    """A random uint8 RGB patch; different seeds give different pixels."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def pixel_id(image: np.ndarray) -> str:
+    """Kaggle's id: the SHA-1 of the raw pixel bytes."""
+    return hashlib.sha1(np.ascontiguousarray(image).tobytes()).hexdigest()
+
+
+def write_patches(folder: Path, images: list[np.ndarray], suffix: str = ".png") -> list[str]:
+    """Write images named by their pixel hash; returns the ids."""
+    folder.mkdir(parents=True, exist_ok=True)
+    ids = []
+    for image in images:
+        key = pixel_id(image)
+        kwargs = {"lossless": True} if suffix == ".webp" else {}
+        Image.fromarray(image).save(folder / f"{key}{suffix}", **kwargs)
+        ids.append(key)
+    return ids
+
+
+def write_labels(path: Path, rows: list[tuple[str, object]]) -> None:
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["id", "label"])
+        writer.writerows(rows)

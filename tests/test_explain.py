@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from conftest import make_patch, write_labels, write_patches
+from helpers import make_patch, write_labels, write_patches
 from histoscan.errors import DataError, ModelError
 from histoscan.explain import (
     GradCAM,

@@ -124,3 +124,22 @@ def test_threshold_rules_use_validation_data(untrained_model_file: Path) -> None
     probs = 1 / (1 + np.exp(-mf.val_logits))
     assert (probs[mf.val_labels == 1] >= sens).mean() >= 0.95
     assert 0 < predictor.threshold("youden") < 1
+
+
+def test_auto_engine_prefers_exported_onnx_beside_the_model(
+    untrained_model_file: Path, tmp_path: Path, real_root: Path
+) -> None:
+    from histoscan.data.sources import open_source
+    from histoscan.predict import quantize_onnx
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(untrained_model_file.read_bytes())
+    assert Predictor.load(model).engine == "torch"
+    fp32 = export_onnx(load_model_file(model), tmp_path / "m.onnx")
+    assert Predictor.load(model).engine == "onnx"
+    images = open_source(real_root / "train").read_many(range(64))
+    (tmp_path / "m.int8.onnx").write_bytes(quantize_onnx(fp32, images))
+    int8 = Predictor.load(model)
+    assert int8.engine == "onnx-int8" and int8.model_file.net is not None  # Grad-CAM still works
+    torch_probs = Predictor.load(model, engine="torch").predict_proba(images)
+    assert np.abs(int8.predict_proba(images) - torch_probs).max() < 0.05

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_patch, write_labels, write_patches
+from helpers import make_patch, write_labels, write_patches
 from histoscan.data.sources import open_source
 from histoscan.models.bundle import ModelFile, save_model_file
 from histoscan.models.registry import create_model, model_spec

@@ -174,8 +174,12 @@ def test_pcam_training_uses_the_official_valid_split(tmp_path: Path) -> None:
             f["x"] = x
         with h5py.File(tmp_path / f"camelyonpatch_level_2_split_{split}_y.h5", "w") as f:
             f["y"] = y.reshape(-1, 1, 1, 1)
-    fit(open_source(tmp_path), load_train_config(None, epochs=1, **FAST), tmp_path / "run",
-        progress=False)
+    fit(
+        open_source(tmp_path),
+        load_train_config(None, epochs=1, **FAST),
+        tmp_path / "run",
+        progress=False,
+    )
     card = Predictor.load(tmp_path / "run" / "model.pt").model_file.card
     assert card["split"] == "PCam official valid split"
     assert card["val_ids"] == [f"valid/{i}" for i in range(8)]

@@ -72,7 +72,8 @@ class Predictor:
 
         Engines: ``torch``; ``onnx`` (fp32, the exported sibling ``<stem>.onnx`` or an
         in-memory export); ``onnx-int8`` (the sibling ``<stem>.int8.onnx``); ``auto`` (the
-        default: int8 where that sibling exists, it is 2.6x faster on a 2-core CPU, else torch).
+        default: the int8 sibling where it exists, 2.6x faster than eager torch on a 2-core CPU,
+        else the fp32 sibling, else torch).
         """
         engine = engine or "auto"
         if engine not in (*ENGINES, "auto"):
@@ -84,8 +85,9 @@ class Predictor:
         mf = load_model_file(path)
         assert mf.path is not None
         int8 = mf.path.with_name(mf.path.stem + ".int8.onnx")
+        fp32 = mf.path.with_suffix(".onnx")
         if engine == "auto":
-            engine = "onnx-int8" if int8.is_file() else "torch"
+            engine = "onnx-int8" if int8.is_file() else "onnx" if fp32.is_file() else "torch"
         if engine == "onnx-int8":
             if not int8.is_file():
                 raise ModelError(
@@ -93,7 +95,6 @@ class Predictor:
                     "`histoscan export-onnx --int8 --calibration DATA`"
                 )
             return cls(mf, engine="onnx", batch_size=batch_size, onnx_path=int8, label="onnx-int8")
-        fp32 = mf.path.with_suffix(".onnx")
         onnx_path = fp32 if engine == "onnx" and fp32.is_file() else None
         return cls(mf, engine=engine, batch_size=batch_size, onnx_path=onnx_path)
 

@@ -19,7 +19,7 @@ from scipy.ndimage import gaussian_filter
 from skimage.color import rgb2hed, rgb2hsv
 from typer.testing import CliRunner
 
-from conftest import make_patch, pixel_id, write_labels, write_patches
+from helpers import make_patch, pixel_id, write_labels, write_patches
 from histoscan.cli import audit_cmd
 from histoscan.cli.app import app
 from histoscan.data import audit_features as af

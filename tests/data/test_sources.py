@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import make_patch, pixel_id, write_labels, write_patches
+from helpers import make_patch, pixel_id, write_labels, write_patches
 from histoscan.data.pcam import PCamSource
 from histoscan.data.sources import FileSource, open_source
 from histoscan.errors import DataError

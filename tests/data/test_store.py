@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_patch, write_labels, write_patches
+from helpers import make_patch, write_labels, write_patches
 from histoscan.cli import data_cmds  # noqa: F401  (registers verify/prepare/download)
 from histoscan.cli.app import app
 from histoscan.data.sources import FileSource, open_source

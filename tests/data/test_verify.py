@@ -13,7 +13,7 @@ import tifffile
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_patch, pixel_id, write_labels, write_patches
+from helpers import make_patch, pixel_id, write_labels, write_patches
 from histoscan.cli import data_cmds  # noqa: F401  (registers verify/prepare/download)
 from histoscan.cli.app import app
 from histoscan.data.sources import open_source

@@ -27,8 +27,8 @@ def real_patches(real_patch_files: list[Path]) -> np.ndarray:
 
 @pytest.fixture(scope="session")
 def torch_predictor() -> Predictor:
-    """The bundled model, as ``histoscan predict`` loads it by default (torch engine)."""
-    return Predictor.load()
+    """The bundled model on the torch engine."""
+    return Predictor.load(engine="torch")
 
 
 @pytest.fixture(scope="session")

@@ -97,7 +97,8 @@ def test_resize_accepts_other_sizes_only_when_enabled(make_client, onnx_predicto
 
 
 def test_model_card(make_client, onnx_predictor):
-    body = make_client().get("/v1/model").json()
+    response = make_client().get("/v1/model")
+    body = response.json()
     card = onnx_predictor.model_file.card
     assert body["name"] == onnx_predictor.name and body["version"] == onnx_predictor.version
     assert body["threshold"] == onnx_predictor.threshold()
@@ -107,6 +108,8 @@ def test_model_card(make_client, onnx_predictor):
     for key, value in card.items():
         if key.startswith("val_") and isinstance(value, float):
             assert body["validation"][key] == value
+    assert set(body["card"]) | set(body["card_omitted"]) == set(card)
+    assert len(response.content) < 64_000
 
 
 def test_healthz_and_page_need_no_token(make_client):
@@ -249,3 +252,12 @@ def test_bug_gives_500_without_details(make_client, onnx_predictor, real_patch_f
     monkeypatch.setattr(onnx_predictor, "predict_proba", broken)
     message = assert_error(client.post("/v1/predict", files=upload(real_patch_files[:1])), 500)
     assert "secret" not in message and "/private" not in message
+
+
+def test_docs_are_served_offline(make_client):
+    client = make_client()
+    page = client.get("/docs")
+    assert page.status_code == 200
+    assert "cdn" not in page.text.lower()
+    assert client.get("/docs-assets/swagger-ui-bundle.js").status_code == 200
+    assert client.get("/openapi.json").json()["info"]["title"] == "histoscan"

@@ -7,7 +7,7 @@ from typer.testing import CliRunner
 
 import histoscan.cli.serve_cmd  # noqa: F401  (registers the command)
 from histoscan.cli import app
-from histoscan.cli.serve_cmd import choose_engine, is_loopback
+from histoscan.cli.serve_cmd import is_loopback
 
 
 def test_help_lists_the_options():
@@ -30,16 +30,6 @@ def test_bad_tta_is_one_line_and_exit_2():
     result = CliRunner().invoke(app, ["serve", "--tta", "sideways"])
     assert result.exit_code == 2
     assert "unknown TTA mode" in result.output
-
-
-def test_engine_is_onnx_when_exported(tmp_path):
-    model = tmp_path / "model.pt"
-    model.write_bytes(b"")
-    assert choose_engine(model, None) == "torch"
-    (tmp_path / "model.onnx").write_bytes(b"")
-    assert choose_engine(model, None) == "onnx"
-    assert choose_engine(tmp_path / "model.onnx", None) == "onnx"
-    assert choose_engine(model, "torch") == "torch"
 
 
 @pytest.mark.parametrize(

@@ -15,16 +15,6 @@ from histoscan.cli.app import command
 log = logging.getLogger(__name__)
 
 
-def choose_engine(model: Path | None, engine: str | None) -> str:
-    """onnxruntime when the model has been exported (a .onnx file, or one beside the .pt)."""
-    if engine is not None:
-        return engine
-    from histoscan.models.bundle import bundled_model_path
-
-    path = model if model is not None else bundled_model_path()
-    return "onnx" if path.suffix == ".onnx" or path.with_suffix(".onnx").is_file() else "torch"
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -53,7 +43,9 @@ def serve(
     ] = None,
     engine: Annotated[
         str | None,
-        typer.Option(help="torch or onnx (default: onnx when model.onnx exists beside the model)."),
+        typer.Option(
+            help="auto (default: an exported ONNX beside the model), torch, onnx, onnx-int8."
+        ),
     ] = None,
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 1024.0,
     resize: Annotated[
@@ -74,7 +66,7 @@ def serve(
         raise HistoscanError("--token is empty; give a token or leave the option out")
     if tta not in TTA_VIEWS:
         raise HistoscanError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_VIEWS)}")
-    predictor = Predictor.load(model, engine=choose_engine(model, engine))
+    predictor = Predictor.load(model, engine=engine or "auto")
     settings = ServeSettings(
         token=token, max_upload_mb=max_upload_mb, resize=resize, tta=tta, max_batch=max_batch
     )

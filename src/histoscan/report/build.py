@@ -193,9 +193,11 @@ def add_metric_figures(
             plots = write_plots(Path(tmp), labels, probs, probs_raw, data.metrics)
             for name, path in plots.items():
                 data.images[name] = Path(path).read_bytes()
-    history = data.mf.card.get("history") or []
-    if history:
-        data.images["curves"] = training_curves_png(history)
+    card = data.mf.card
+    # an ensemble's card keeps each member's history; its own is one member's
+    histories = card.get("member_histories") or [card.get("history") or []]
+    if any(histories):
+        data.images["curves"] = training_curves_png(histories)
 
 
 def add_gradcam(
@@ -232,23 +234,44 @@ def add_embedding(data: ReportData, pred: Predictions) -> None:
     data.images["mislabels"] = mislabel_grid(source, idx, emap.mislabels, labels, probs, 24)
 
 
-def training_curves_png(history: list[dict[str, float]]) -> bytes:
-    """Loss and validation AUC per epoch from the card's per-epoch rows."""
+def training_curves_png(histories: list[list[dict[str, float]]]) -> bytes:
+    """Loss and validation AUC per epoch from per-epoch rows, one line per trained network."""
     from histoscan.explain.figures import png_bytes, pyplot
 
     plt = pyplot()
 
-    def series(key: str) -> tuple[list[float], list[float]]:
+    def series(history: list[dict[str, float]], key: str) -> tuple[list[float], list[float]]:
         pts = [(row["epoch"], row[key]) for row in history if row.get(key) is not None]
         return [p[0] + 1 for p in pts], [p[1] for p in pts]
 
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9, 3.2))
-    for key, label in (("train_loss", "training loss"), ("val_loss", "validation loss (NLL)")):
-        ax1.plot(*series(key), marker="o", ms=3, label=label)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.3))
+    for k, history in enumerate(histories):
+        who = f", member {k + 1}" if len(histories) > 1 else ""
+        for key, label, colour in (
+            ("train_loss", "training loss", "C0"),
+            ("val_loss", "validation loss (NLL)", "C1"),
+        ):
+            ax1.plot(
+                *series(history, key),
+                marker="o",
+                ms=2.5,
+                color=colour,
+                ls="-" if k == 0 else "--",
+                label=label + who,
+            )
+        ax2.plot(
+            *series(history, "val_auc"),
+            marker="o",
+            ms=2.5,
+            color="C2",
+            ls="-" if k == 0 else "--",
+            label=f"validation AUC{who}",
+        )
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
-    ax1.legend(fontsize=8)
-    ax2.plot(*series("val_auc"), marker="o", ms=3, color="C2")
-    ax2.set(xlabel="epoch", ylabel="ROC AUC", title="Validation ROC AUC (one view)")
+    ax1.legend(fontsize=7.5)
+    ax2.set(xlabel="epoch", ylabel="ROC AUC", title="Validation ROC AUC (one view, per epoch)")
+    if len(histories) > 1:
+        ax2.legend(fontsize=7.5)
     fig.tight_layout()
     return png_bytes(fig, dpi=100)
 

@@ -206,6 +206,10 @@ def _training(d: ReportData) -> str:
         ["temperature / threshold", f"{d.mf.temperature:.3f} / {d.mf.threshold:.2f}"],
         ["trained", card.get("trained", "?")],
     ]
+    members = card.get("members") or []
+    if members:
+        rows.insert(1, ["ensemble", _members_text(members)])
+    rows += [[key, str(card[key])] for key in ("command", "machine") if card.get(key)]
     flat = []
     for key, value in cfg.items():
         items = value.items() if isinstance(value, dict) else [(None, value)]
@@ -222,6 +226,18 @@ def _training(d: ReportData) -> str:
         else ("<p><i>The model file holds no per-epoch history.</i></p>")
     )
     return _section("training", table(rows, cls="kv") + full + "<h3>Training curves</h3>" + text)
+
+
+def _members_text(members: list[dict[str, Any]]) -> str:
+    """'mean logit of 2 networks: seed 1, 18 epochs, validation AUC 0.97; ...'."""
+    parts = []
+    for m in members:
+        seed = (m.get("config") or {}).get("seed", "?")
+        parts.append(
+            f"seed {seed}, {m.get('epochs_run', '?')} epochs, "
+            f"validation AUC {m.get('val_auc_tta_d4', '?')}"
+        )
+    return f"mean logit of {len(members)} networks: " + "; ".join(parts)
 
 
 def _metrics(d: ReportData) -> str:

@@ -45,7 +45,8 @@ class ModelInfo(BaseModel):
     temperature: float
     spec: dict[str, Any]
     validation: dict[str, Any] = Field(description="Validation metrics from the model card.")
-    card: dict[str, Any]
+    card: dict[str, Any] = Field(description="The model card, without its large entries.")
+    card_omitted: list[str] = Field(description="Card entries left out for size.")
 
 
 class Health(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +20,8 @@ from histoscan.serve.jobs import SlideJobs
 from histoscan.serve.settings import ServeSettings
 
 VALIDATION_KEYS = ("metrics", "validation", "val_metrics")
+# card entries bigger than this (validation ids, per-epoch histories) stay in the model file
+CARD_ENTRY_MAX_BYTES = 4096
 
 
 class Explainer:
@@ -117,7 +120,10 @@ class Service:
             return self._jobs
 
     def model_info(self) -> dict[str, Any]:
+        """The model card for /v1/model: identity, calibration, validation metrics."""
         card = self.predictor.model_file.card
+        sizes = {k: len(json.dumps(v, default=str)) for k, v in card.items()}
+        omitted = sorted(k for k, size in sizes.items() if size > CARD_ENTRY_MAX_BYTES)
         validation: dict[str, Any] = {
             k: v
             for k, v in card.items()
@@ -135,7 +141,8 @@ class Service:
             "temperature": self.predictor.temperature,
             "spec": self.predictor.spec.to_dict(),
             "validation": validation,
-            "card": card,
+            "card": {k: v for k, v in card.items() if k not in omitted},
+            "card_omitted": omitted,
         }
 
     def close(self) -> None:
