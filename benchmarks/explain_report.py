@@ -1,5 +1,6 @@
 """Seconds per stage of ``explain``, ``embed`` and ``report`` on the real sample.
 
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4 \
     .venv/bin/python benchmarks/explain_report.py [--data ../shared/data/pcam-real/train]
         [--model src/histoscan/weights/histocnn-pcam.pt] [--limit N] [--keep DIR]
 
@@ -14,30 +15,26 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
 
+from common import REAL_TRAIN, print_machine
 from histoscan.data.sources import open_source
 from histoscan.explain.runs import run_embed, run_explain
 from histoscan.models.bundle import bundled_model_path, load_model_file
 from histoscan.report import build_report
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "pcam-real" / "train"
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
+    parser.add_argument("--data", type=Path, default=REAL_TRAIN)
     parser.add_argument("--model", type=Path, default=bundled_model_path())
     parser.add_argument("--limit", type=int, default=None, help="patches per stage (default all)")
     parser.add_argument("--keep", type=Path, default=None, help="write outputs here, not to tmp")
     args = parser.parse_args()
 
-    import torch
-
+    print_machine()
     load_before = os.getloadavg()
     rows: list[tuple[str, float]] = []
     started = time.perf_counter()
@@ -64,11 +61,7 @@ def main() -> None:
         f"data {args.data} ({len(source)} patches), model {args.model.name} "
         f"({mf.spec.name}, card val AUC {mf.card.get('val_auc_tta_d4')})"
     )
-    print(
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch "
-        f"{torch.__version__} ({torch.get_num_threads()} threads); load average before "
-        f"{load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}"
-    )
+    print(f"load average (1 min) before {load_before[0]:.1f}, after {os.getloadavg()[0]:.1f}")
     print(
         f"report: {summary['n_eval']} patches evaluated (8 views), {summary['n_mapped']} "
         f"mapped, ROC AUC {summary['roc_auc']:.4f}, {size_mb:.1f} MB"

@@ -123,8 +123,11 @@ def embed(
 
 @command("report")
 def report(
-    model: Annotated[Path, typer.Argument(help="Model file, or a run directory with model.pt.")],
     data: Annotated[Path, typer.Option("--data", "-d", help="Labelled patches to evaluate on.")],
+    model: Annotated[
+        Path | None,
+        typer.Argument(help="Model file, or a run directory with model.pt (default: bundled)."),
+    ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
         "report.html"
     ),
@@ -136,11 +139,12 @@ def report(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """One self-contained HTML page: training, metrics with CIs, calibration, errors, embedding."""
+    from histoscan.models.bundle import bundled_model_path
     from histoscan.report import build_report
 
     _check_tta(tta)
     summary = build_report(
-        model,
+        model if model is not None else bundled_model_path(),
         _open(data, labels, split),
         out,
         audit=audit,

@@ -1,6 +1,7 @@
 """One self-contained HTML report of a trained model: what, on what, how good, where it fails.
 
-``build`` predicts once and computes every number and figure; ``page`` writes them as HTML.
+``build`` predicts once and computes every number and figure; ``page`` writes them as HTML
+from the building blocks in ``blocks``.
 """
 
 from histoscan.report.build import ReportData, build_report, report_indices, resolve_model_path

@@ -74,6 +74,7 @@ class ReportData:
     cases: dict[str, Any] = field(default_factory=dict)
     embedding: Any = None
     audit: dict[str, Any] | None = None
+    mislabel_rows: list[list[Any]] = field(default_factory=list)  # id, label, prob, cluster
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -232,6 +233,10 @@ def add_embedding(data: ReportData, pred: Predictions) -> None:
     data.images["umap_prob"] = figures.scatter_png(emap.xy, probs, "prob", "by probability")
     data.images["clusters"] = cluster_strip(source, idx, emap.clusters)
     data.images["mislabels"] = mislabel_grid(source, idx, emap.mislabels, labels, probs, 24)
+    data.mislabel_rows = [
+        [source.ids[idx[j]], int(labels[j]), f"{probs[j]:.3f}", int(emap.cluster[j])]
+        for j in emap.mislabels
+    ]
 
 
 def training_curves_png(histories: list[list[dict[str, float]]]) -> bytes:
@@ -267,6 +272,10 @@ def training_curves_png(histories: list[list[dict[str, float]]]) -> bytes:
             ls="-" if k == 0 else "--",
             label=f"validation AUC{who}",
         )
+    from matplotlib.ticker import MaxNLocator
+
+    for ax in (ax1, ax2):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax1.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax1.legend(fontsize=7.5)
     ax2.set(xlabel="epoch", ylabel="ROC AUC", title="Validation ROC AUC (one view, per epoch)")

@@ -5,13 +5,10 @@ Each section is one short function that turns ``ReportData`` into prose, tables 
 
 from __future__ import annotations
 
-import base64
-import html
 import time
 from typing import Any
 
-import numpy as np
-
+from histoscan.report.blocks import CSS, esc, img, pct, plural, table, wilson
 from histoscan.report.build import ReportData
 
 SECTIONS = {
@@ -24,86 +21,21 @@ SECTIONS = {
     "mislabels": "Mislabel candidates",
     "audit": "Data audit",
 }
+NAV = (
+    "Summary",
+    "Training",
+    "Metrics",
+    "Calibration",
+    "Grad-CAM",
+    "Embedding",
+    "Mislabels",
+    "Audit",
+)
 TTA_WORDS = {
     "none": "one view",
     "flip": "2 views (identity and flip)",
     "d4": "8 views (rotations and flips)",
 }
-
-CSS = """
-body{font:15px/1.5 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d2330;
- margin:0;background:#eef0f3}
-main{max-width:1140px;margin:0 auto;padding:26px 32px 60px;background:#fff}
-h1{font-size:26px;margin:0 0 4px}
-h2{font-size:20px;margin:34px 0 8px;padding-top:14px;border-top:1px solid #e3e6ea}
-h3{font-size:16px;margin:18px 0 6px}
-.sub{color:#5b6472;margin:0 0 10px;font-size:13.5px}
-nav{font-size:13px;margin:8px 0 6px}nav a{margin-right:14px;color:#2856a3;text-decoration:none}
-.cards{display:flex;flex-wrap:wrap;gap:12px;margin:14px 0 10px}
-.card{flex:1 1 200px;border:1px solid #dde1e6;border-radius:8px;padding:10px 14px;
- background:#f8f9fb}
-.card b{display:block;font-size:26px;line-height:1.2}.card span{font-size:12.5px;color:#5b6472}
-table{border-collapse:collapse;font-size:13.5px;margin:8px 0}
-td,th{border-bottom:1px solid #e6e8eb;padding:4px 10px;text-align:left;vertical-align:top}
-th{background:#f1f3f5}td.n{text-align:right;font-variant-numeric:tabular-nums}
-table.kv td:first-child{color:#5b6472;white-space:nowrap}table.kv td.n{text-align:left}
-.row{display:flex;flex-wrap:wrap;gap:18px;align-items:flex-start}
-.row>*{flex:0 1 auto;min-width:0}.half{max-width:calc(50% - 9px)}
-img{max-width:100%;height:auto}
-.note{background:#fff7e0;border-left:4px solid #e0a800;padding:8px 12px;margin:10px 0}
-details{margin:8px 0;font-size:13.5px}code{background:#f1f3f5;padding:1px 4px;border-radius:3px}
-footer{margin-top:40px;font-size:12px;color:#7a8290}
-"""
-
-
-def esc(value: Any) -> str:
-    return html.escape(str(value))
-
-
-def img(png: bytes | None, alt: str, cls: str = "") -> str:
-    """An <img> with the PNG inline as a data URI, or a short note when there is none."""
-    if not png:
-        return f"<p><i>{esc(alt)}: not available.</i></p>"
-    uri = "data:image/png;base64," + base64.b64encode(png).decode("ascii")
-    return f'<img{f" class={cls}" if cls else ""} src="{uri}" alt="{esc(alt)}">'
-
-
-def table(rows: list[list[Any]], head: list[str] | None = None, cls: str = "") -> str:
-    """A table; numbers are right-aligned."""
-
-    def cell(v: Any, tag: str = "td") -> str:
-        numeric = tag == "td" and _is_number(v)
-        return f"<{tag}{' class=n' if numeric else ''}>{esc(v)}</{tag}>"
-
-    top = "<tr>" + "".join(cell(h, "th") for h in head) + "</tr>" if head else ""
-    body = "".join("<tr>" + "".join(cell(v) for v in row) + "</tr>" for row in rows)
-    return f"<table{f' class={cls}' if cls else ''}>{top}{body}</table>"
-
-
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool):
-        return False
-    try:
-        float(v)
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """Wilson score 95% interval of a proportion k/n."""
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return float(centre - half), float(centre + half)
-
-
-def pct(x: float | None) -> str:
-    return "n/a" if x is None or np.isnan(x) else f"{100 * x:.1f}%"
-
-
-def plural(n: Any, word: str) -> str:
-    return f"{n} {word}" + ("" if n == 1 else "s")
 
 
 def render(d: ReportData) -> str:
@@ -116,7 +48,9 @@ def render(d: ReportData) -> str:
         f"<h1>Model report: {esc(name)}</h1>",
         f"<p class=sub>{esc(d.mf.path)} &middot; evaluated on {esc(d.source.describe())} "
         f"&middot; generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
-        "<nav>" + "".join(f'<a href="#{k}">{esc(t)}</a>' for k, t in SECTIONS.items()) + "</nav>",
+        "<nav>"
+        + "".join(f'<a href="#{k}">{t}</a>' for k, t in zip(SECTIONS, NAV, strict=True))
+        + "</nav>",
     ]
     for section in (
         _summary,
@@ -164,7 +98,7 @@ def _summary(d: ReportData) -> str:
         else f"all {m['n']:,} labelled patches given"
     )
     text = (
-        f"<p>This is a <b>{esc(d.mf.spec.name)}</b> network trained for "
+        f"<p>This is {_what(d)} trained for "
         f"{plural(card.get('epochs_run', '?'), 'epoch')} on {card.get('n_train', '?')} patches of "
         f"{esc(card.get('data', 'unrecorded data'))}. It reads a 96&times;96 pixel H&amp;E patch "
         "of a lymph node and gives the probability that the <b>centre 32&times;32 pixels</b> hold "
@@ -184,6 +118,15 @@ def _summary(d: ReportData) -> str:
     return _section("summary", f"<div class=cards>{boxes}</div>{text}")
 
 
+def _what(d: ReportData) -> str:
+    """'a <b>histocnn</b> network', or 'an ensemble of 2 <b>histocnn</b> networks, each'."""
+    members = d.mf.card.get("members") or []
+    if members:
+        arch = members[0].get("model", d.mf.spec.name)
+        return f"an ensemble of {len(members)} <b>{esc(arch)}</b> networks, each"
+    return f"a <b>{esc(d.mf.spec.name)}</b> network"
+
+
 def _training(d: ReportData) -> str:
     card, spec = d.mf.card, d.mf.spec
     n_params = sum(p.numel() for p in d.mf.net.parameters())
@@ -192,7 +135,7 @@ def _training(d: ReportData) -> str:
     recipe = ", ".join(
         f"{k} {cfg[k]}"
         for k in ("batch_size", "lr", "weight_decay", "label_smoothing", "precision", "seed")
-        if k in cfg
+        if k in cfg and not (k == "seed" and card.get("members"))  # members list their seeds
     )
     rows = [
         ["architecture", f"{spec.name}: {n_params:,} parameters, input {spec.input_px} px"],
@@ -327,21 +270,15 @@ def _gradcam(d: ReportData) -> str:
 def _embedding(d: ReportData) -> str:
     e = d.embedding
     method = {"umap": "UMAP", "tsne": "t-SNE"}.get(e.method, e.method.upper())
-    rows, worst = [], None
-    for c in e.clusters:
-        tf = c["tumour_fraction"]
-        rows.append(
-            [c["cluster"], c["size"], "?" if tf is None else f"{tf:.2f}", f"{c['mean_prob']:.2f}"]
-        )
-        if tf is not None and (worst is None or abs(tf - c["mean_prob"]) > worst[1]):
-            worst = (c, abs(tf - c["mean_prob"]))
-    gap = (
-        ""
-        if worst is None
-        else f" The widest gap between tumour fraction and mean probability is in cluster "
-        f"{worst[0]['cluster']} ({worst[0]['tumour_fraction']:.2f} against "
-        f"{worst[0]['mean_prob']:.2f}): the model misjudges that kind of tissue most."
-    )
+    rows = [
+        [
+            c["cluster"],
+            c["size"],
+            "?" if c["tumour_fraction"] is None else f"{c['tumour_fraction']:.2f}",
+            f"{c['mean_prob']:.2f}",
+        ]
+        for c in e.clusters
+    ]
     body = (
         f"<p>Each dot is one of {d.n_mapped:,} patches, placed by {method} so that patches the "
         "network represents alike (its features before the last layer) lie close together. "
@@ -351,13 +288,43 @@ def _embedding(d: ReportData) -> str:
         + img(d.images.get("umap_prob"), "map coloured by probability", "half")
         + "</div>"
         f"<h3>Clusters</h3><p>k-means on the same features; each strip shows the patches nearest "
-        f"the cluster's centre.{gap}</p><div class=row><div>"
+        f"the cluster's centre. {_cluster_notes(e.clusters)}</p><div class=row><div>"
         + table(rows, ["cluster", "patches", "tumour fraction", "mean P(tumour)"])
         + "</div>"
         + img(d.images.get("clusters"), "cluster exemplars")
         + "</div>"
     )
     return _section("embedding", body)
+
+
+def _cluster_notes(clusters: list[dict[str, Any]]) -> str:
+    """Which clusters are pure, which mixed, and where probabilities stray from the labels."""
+    known = [c for c in clusters if c["tumour_fraction"] is not None]
+    if not known:
+        return "The patches are unlabelled, so only the mean probability is known."
+    pure = [c for c in known if not 0.1 <= c["tumour_fraction"] <= 0.9]
+    mixed = [c for c in known if 0.1 <= c["tumour_fraction"] <= 0.9]
+    notes = [
+        f"{len(pure)} of {len(known)} clusters are nearly pure (under 10% or over 90% "
+        "tumour): there the features alone separate the classes."
+    ]
+    if mixed:
+        listed = ", ".join(
+            f"{c['cluster']} ({c['size']:,} patches, {c['tumour_fraction']:.0%} tumour)"
+            for c in mixed
+        )
+        notes.append(
+            f"Mixed clusters, where tissue that looks alike to the model carries both "
+            f"labels: {listed}. Look at their strips to see what that tissue is."
+        )
+    worst = max(known, key=lambda c: abs(c["tumour_fraction"] - c["mean_prob"]))
+    if abs(worst["tumour_fraction"] - worst["mean_prob"]) > 0.1:
+        notes.append(
+            f"In cluster {worst['cluster']} the mean probability "
+            f"({worst['mean_prob']:.2f}) is far from the tumour fraction "
+            f"({worst['tumour_fraction']:.2f}): the model misjudges that tissue."
+        )
+    return " ".join(notes)
 
 
 def _mislabels(d: ReportData) -> str:
@@ -369,6 +336,12 @@ def _mislabels(d: ReportData) -> str:
         "errors, some wrong labels, some tumour lying just outside the centre; worth a "
         f"pathologist's look before the next training run.{shown}</p>"
     ) + img(d.images.get("mislabels"), "mislabel candidates")
+    if d.mislabel_rows:
+        body += (
+            "<details><summary>ids of the first 100</summary>"
+            + table(d.mislabel_rows[:100], ["id", "label", "P(tumour)", "cluster"])
+            + "</details>"
+        )
     return _section("mislabels", body)
 
 
