@@ -108,7 +108,7 @@ def evaluate_model(
     labels = source.labels[idx].astype(np.int64)
     if len(idx) == 0 or (labels < 0).any():
         raise DataError(f"{source.root}: evaluation needs labels for every patch")
-    logits = _predict_logits(predictor, source, idx, tta, progress)
+    logits = predictor.logits_source(source, tta, idx, progress, label="evaluate")
     probs_raw = sigmoid(logits)
     probs = sigmoid(logits / predictor.temperature)
     threshold = predictor.threshold(threshold_rule)
@@ -134,21 +134,6 @@ def evaluate_model(
         extra={"true_label": labels.tolist()},
     )
     return {**result, "probs": probs, "labels": labels, "logits": logits}
-
-
-def _predict_logits(
-    predictor: Any, source: PatchSource, idx: np.ndarray, tta: str, progress: bool
-) -> np.ndarray:
-    from histoscan.progress import progress_bar
-
-    out = np.empty(len(idx))
-    chunk = 1024
-    with progress_bar("evaluate", total=len(idx), show=progress, unit="patches") as bar:
-        for start in range(0, len(idx), chunk):
-            images = source.read_many(idx[start : start + chunk])
-            out[start : start + len(images)] = predictor.logits(images, tta)
-            bar.advance(len(images))
-    return out
 
 
 def write_plots(

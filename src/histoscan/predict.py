@@ -148,6 +148,25 @@ class Predictor:
         """Calibrated probability of tumour in the centre region, (N,)."""
         return sigmoid(self.logits(images, tta) / self.temperature)
 
+    def logits_source(
+        self,
+        source: PatchSource,
+        tta: str = "d4",
+        indices: Sequence[int] | None = None,
+        progress: bool = True,
+        label: str = "predict",
+    ) -> np.ndarray:
+        """Mean TTA logits for (a subset of) a source, read in chunks with a progress bar."""
+        idx = np.arange(len(source)) if indices is None else np.asarray(indices)
+        logits = np.empty(len(idx), dtype=np.float64)
+        chunk = self.batch_size * 4
+        with progress_bar(label, total=len(idx), show=progress, unit="patches") as bar:
+            for start in range(0, len(idx), chunk):
+                images = source.read_many(idx[start : start + chunk])
+                logits[start : start + len(images)] = self.logits(images, tta)
+                bar.advance(len(images))
+        return logits
+
     def predict_source(
         self,
         source: PatchSource,
@@ -155,16 +174,8 @@ class Predictor:
         indices: Sequence[int] | None = None,
         progress: bool = True,
     ) -> np.ndarray:
-        """Probabilities for (a subset of) a source, read in chunks with a progress bar."""
-        idx = np.arange(len(source)) if indices is None else np.asarray(indices)
-        probs = np.empty(len(idx), dtype=np.float64)
-        chunk = self.batch_size * 4
-        with progress_bar("predict", total=len(idx), show=progress, unit="patches") as bar:
-            for start in range(0, len(idx), chunk):
-                images = source.read_many(idx[start : start + chunk])
-                probs[start : start + len(images)] = self.predict_proba(images, tta)
-                bar.advance(len(images))
-        return probs
+        """Calibrated probabilities for (a subset of) a source."""
+        return sigmoid(self.logits_source(source, tta, indices, progress) / self.temperature)
 
 
 def write_predictions(

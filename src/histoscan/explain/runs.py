@@ -112,6 +112,39 @@ def select_cases(
     return np.array(chosen, dtype=np.int64), groups
 
 
+def choose_patches(
+    mf: ModelFile,
+    source: PatchSource,
+    ids: Sequence[str] | None,
+    n: int,
+    tta: str = "none",
+    limit: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str], int]:
+    """The patches to explain: the ``ids`` given, or the ``n`` most confident TP/TN/FP/FN.
+
+    Returns the chosen patches' source indices, probabilities, labels and cases, and how many
+    patches were predicted to choose them (at most ``limit`` labelled ones).
+    """
+    if ids:
+        idx = indices_for_ids(source, ids)
+    else:
+        labelled = np.flatnonzero(source.labels >= 0)
+        if len(labelled) == 0:
+            raise DataError(f"{source.root}: no labels, so no TP/TN/FP/FN; pass --ids")
+        idx = sample_indices(labelled, limit)
+    probs = infer_source(mf, source, idx, tta, progress=progress).probs(mf.temperature)
+    labels = source.labels[idx].astype(np.int64)
+    if ids:
+        pos = np.arange(len(idx))
+        groups = [
+            case_of(int(y), float(p), mf.threshold) for y, p in zip(labels, probs, strict=True)
+        ]
+    else:
+        pos, groups = select_cases(labels, probs, mf.threshold, n)
+    return idx[pos], probs[pos], labels[pos], groups, len(idx)
+
+
 def run_explain(
     mf: ModelFile,
     source: PatchSource,
@@ -126,35 +159,17 @@ def run_explain(
     if n < 1:
         raise DataError("--n must be at least 1")
     with atomic_output_dir(out, "explain.json") as tmp:
-        if ids:
-            idx = indices_for_ids(source, ids)
-            probs = infer_source(mf, source, idx, tta, progress=progress).probs(mf.temperature)
-            labels = source.labels[idx].astype(np.int64)
-            pos = np.arange(len(idx))
-            groups = [
-                case_of(int(y), float(p), mf.threshold) for y, p in zip(labels, probs, strict=True)
-            ]
-        else:
-            labelled = np.flatnonzero(source.labels >= 0)
-            if len(labelled) == 0:
-                raise DataError(f"{source.root}: no labels, so no TP/TN/FP/FN; pass --ids")
-            idx = sample_indices(labelled, limit)
-            probs = infer_source(mf, source, idx, tta, progress=progress).probs(mf.temperature)
-            labels = source.labels[idx].astype(np.int64)
-            pos, groups = select_cases(labels, probs, mf.threshold, n)
-        images = source.read_many(idx[pos])
-        maps = GradCAM(mf).explain(images)
-        fractions = centre_fraction(maps)
-        (tmp / "gradcam.png").write_bytes(
-            figures.gallery_png(images, maps, probs[pos], labels[pos], groups)
+        idx, probs, labels, groups, n_scanned = choose_patches(
+            mf, source, ids, n, tta, limit, progress
         )
-        rows = _write_patch_pngs(tmp / "patches", source, idx[pos], images, maps, groups)
-        for row, j, frac in zip(rows, pos, fractions, strict=True):
-            row.update(
-                label=int(labels[j]),
-                prob=round(float(probs[j]), 6),
-                centre_fraction=None if np.isnan(frac) else round(float(frac), 4),
-            )
+        images = source.read_many(idx)
+        maps = GradCAM(mf).explain(images)
+        gallery = figures.gallery_png(images, maps, probs, labels, groups)
+        (tmp / "gradcam.png").write_bytes(gallery)
+        rows = _write_patch_pngs(tmp / "patches", source, idx, images, maps, groups)
+        for row, y, p, frac in zip(rows, labels, probs, centre_fraction(maps), strict=True):
+            share = None if np.isnan(frac) else round(float(frac), 4)
+            row.update(label=int(y), prob=round(float(p), 6), centre_fraction=share)
         summary = {
             "model": str(mf.path),
             "data": source.describe(),
@@ -162,7 +177,7 @@ def run_explain(
             "temperature": mf.temperature,
             "threshold": mf.threshold,
             "target_layer": mf.spec.target_layer,
-            "n_scanned": len(idx),
+            "n_scanned": n_scanned,
             "counts": {g: groups.count(g) for g in dict.fromkeys(groups)},
             "patches": rows,
         }
