@@ -34,7 +34,8 @@ def engines(mf: ModelFile, images: np.ndarray) -> dict[str, Callable[[], object]
 
     sess32 = ort.InferenceSession(fp32_onnx, providers=["CPUExecutionProvider"])
     sess8 = ort.InferenceSession(int8_onnx, providers=["CPUExecutionProvider"])
-    predictor = Predictor(mf)
+    # as `histoscan predict` loads it: the auto engine picks an int8 ONNX file beside the model
+    predictor = Predictor.load(mf.path) if mf.path else Predictor(mf)
 
     def eager(
         model: torch.nn.Module, inp: torch.Tensor, bf16: bool = False
@@ -51,7 +52,9 @@ def engines(mf: ModelFile, images: np.ndarray) -> dict[str, Callable[[], object]
         "bf16 autocast channels_last": eager(net_cl, x_cl, bf16=True),
         "onnxruntime fp32": lambda: sess32.run(None, {"images": images}),
         "onnxruntime int8 static": lambda: sess8.run(None, {"images": images}),
-        "histoscan predict (tta none)": lambda: predictor.predict_proba(images, tta="none"),
+        f"histoscan predict ({predictor.engine})": lambda: predictor.predict_proba(
+            images, tta="none"
+        ),
     }
 
 
