@@ -28,7 +28,8 @@ demo: $(STAMP)
 	$(RUN)$(BIN)/histoscan prepare $(DATA)/train --out $(OUT)/train-store --overwrite
 	$(RUN)$(BIN)/histoscan evaluate $(OUT)/train-store --subset val --out $(OUT)/eval
 	$(RUN)$(BIN)/histoscan predict $(DATA)/test --output $(OUT)/submission.csv
-	$(RUN)$(BIN)/histoscan report --data $(OUT)/train-store --out $(OUT)/report.html
+	$(RUN)$(BIN)/histoscan report "$$($(BIN)/python -c 'from histoscan.models.bundle import bundled_model_path as p; print(p())')" \
+		--data $(OUT)/train-store --out $(OUT)/report.html
 	@echo "report: $(abspath $(OUT)/report.html)"
 
 test: $(STAMP) lint
