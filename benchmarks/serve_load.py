@@ -1,7 +1,7 @@
 """Load test of ``histoscan serve``: throughput, latency percentiles and errors.
 
     .venv/bin/python benchmarks/serve_load.py [--requests 2000] [--concurrency 16]
-        [--burst 30] [--burst-size 64] [--engine onnx|torch] [--tta d4] [--model PATH]
+        [--burst 30] [--burst-size 64] [--engine auto|onnx|onnx-int8|torch] [--tta d4] [--model PATH]
 
 Starts the service in a subprocess on 127.0.0.1 (a free port), waits for /healthz, then runs two
 bounded scenarios with an async httpx client on real patches from the sample:
@@ -160,7 +160,7 @@ def main() -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--burst", type=int, default=30, help="batch requests sent at once")
     parser.add_argument("--burst-size", type=int, default=64, help="patches per batch request")
-    parser.add_argument("--engine", choices=("onnx", "torch"), default="onnx")
+    parser.add_argument("--engine", choices=("auto", "onnx", "onnx-int8", "torch"), default="auto")
     parser.add_argument("--tta", default="d4", help="none, flip or d4 (serve's default: d4)")
     parser.add_argument("--model", type=Path, default=None, help="model file (default: bundled)")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
