@@ -1,7 +1,8 @@
 """Load test of ``histoscan serve``: throughput, latency percentiles and errors.
 
     .venv/bin/python benchmarks/serve_load.py [--requests 2000] [--concurrency 16]
-        [--burst 30] [--burst-size 64] [--engine auto|onnx|onnx-int8|torch] [--tta d4] [--model PATH]
+        [--burst 30] [--burst-size 64] [--engine auto|onnx|onnx-int8|torch] [--tta d4]
+        [--model PATH]
 
 Starts the service in a subprocess on 127.0.0.1 (a free port), waits for /healthz, then runs two
 bounded scenarios with an async httpx client on real patches from the sample:
