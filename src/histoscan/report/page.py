@@ -310,7 +310,7 @@ def _cluster_notes(clusters: list[dict[str, Any]]) -> str:
     ]
     if mixed:
         listed = ", ".join(
-            f"{c['cluster']} ({c['size']:,} patches, {c['tumour_fraction']:.0%} tumour)"
+            f"cluster {c['cluster']} ({c['size']:,} patches, {c['tumour_fraction']:.0%} tumour)"
             for c in mixed
         )
         notes.append(
