@@ -9,8 +9,7 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
-
-DataArg = Annotated[Path, typer.Argument(help="Patches: store, PCam HDF5, Kaggle root or folder.")]
+from histoscan.cli.options import DataArg
 
 
 @command("audit")

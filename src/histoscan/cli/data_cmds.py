@@ -10,14 +10,11 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from histoscan.cli.app import command
+from histoscan.cli.options import DataArg, LabelsOpt, QuietOpt, SplitOpt
 
 if TYPE_CHECKING:
     from histoscan.data.verify import VerifyResult
 
-DataArg = Annotated[Path, typer.Argument(help="Patches: store, PCam HDF5, Kaggle root or folder.")]
-LabelsOpt = Annotated[Path | None, typer.Option(help="id,label CSV for a plain image folder.")]
-SplitOpt = Annotated[str | None, typer.Option(help="train/valid/test (PCam), train/test (Kaggle).")]
-QuietOpt = Annotated[bool, typer.Option(help="No progress bar.")]
 SHOW_PROBLEMS = 20
 
 

@@ -8,13 +8,8 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
+from histoscan.cli.options import DataArg, LabelsOpt, ModelOpt, SplitOpt
 
-DataArg = Annotated[Path, typer.Argument(help="Patches: store, PCam HDF5, Kaggle root or folder.")]
-ModelOpt = Annotated[
-    Path | None, typer.Option("--model", "-m", help="Model file (default: bundled).")
-]
-LabelsOpt = Annotated[Path | None, typer.Option(help="id,label CSV for a plain image folder.")]
-SplitOpt = Annotated[str | None, typer.Option(help="train/valid/test (PCam), train/test (Kaggle).")]
 LimitOpt = Annotated[
     int | None, typer.Option(min=1, help="Use at most this many patches (random, seed 0).")
 ]

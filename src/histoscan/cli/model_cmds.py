@@ -8,13 +8,7 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
-
-DataArg = Annotated[Path, typer.Argument(help="Patches: store, PCam HDF5, Kaggle root or folder.")]
-LabelsOpt = Annotated[Path | None, typer.Option(help="id,label CSV for a plain image folder.")]
-SplitOpt = Annotated[str | None, typer.Option(help="train/valid/test (PCam), train/test (Kaggle).")]
-ModelOpt = Annotated[
-    Path | None, typer.Option("--model", "-m", help="Model file (default: bundled).")
-]
+from histoscan.cli.options import DataArg, LabelsOpt, ModelOpt, SplitOpt
 
 
 @command("train")
