@@ -28,7 +28,7 @@ def _open(data: Path, labels: Path | None, split: str | None):  # type: ignore[n
 
 
 def _check_tta(tta: str) -> None:
-    from histoscan.data.transforms import TTA_VIEWS
+    from histoscan.data.views import TTA_VIEWS
     from histoscan.errors import HistoscanError
 
     if tta not in TTA_VIEWS:

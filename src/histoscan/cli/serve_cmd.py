@@ -57,7 +57,7 @@ def serve(
     """Serve the model: API at /v1 (docs at /docs) and a page at / for patches and slides."""
     import uvicorn
 
-    from histoscan.data.transforms import TTA_VIEWS
+    from histoscan.data.views import TTA_VIEWS
     from histoscan.errors import HistoscanError
     from histoscan.predict import Predictor
     from histoscan.serve import ServeSettings, create_app

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from histoscan.config import AugmentConfig
+from histoscan.data.views import TTA_VIEWS, tta_views  # noqa: F401  (re-exported)
 
 # skimage.color.rgb_from_hed: optical density of haematoxylin, eosin and DAB, one row each
 RGB_FROM_HED = torch.tensor(
@@ -19,21 +20,16 @@ RGB_FROM_HED = torch.tensor(
 RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
-TTA_VIEWS = {"none": 1, "flip": 2, "d4": 8}
 
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 dihedral transforms (k in 0..7) on the last two (square) dimensions."""
+    """The k-th of the 8 dihedral transforms (k in 0..7) on the last two (square) dimensions.
+
+    The same views as ``histoscan.data.views.dihedral_hwc`` on (N, H, W, 3) arrays.
+    """
     if k >= 4:
         x = x.flip(-1)
     return torch.rot90(x, k % 4, dims=(-2, -1))
-
-
-def tta_views(tta: str) -> list[int]:
-    """Dihedral indices used by a TTA mode: none, flip (identity + horizontal flip), d4 (all 8)."""
-    if tta not in TTA_VIEWS:
-        raise ValueError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_VIEWS)}")
-    return {"none": [0], "flip": [0, 4], "d4": list(range(8))}[tta]
 
 
 def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

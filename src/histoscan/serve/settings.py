@@ -34,7 +34,7 @@ class ServeSettings:
     slide_workers: int = 1
 
     def __post_init__(self) -> None:
-        from histoscan.data.transforms import TTA_VIEWS
+        from histoscan.data.views import TTA_VIEWS
 
         for name in ("tta", "slide_tta"):
             if getattr(self, name) not in TTA_VIEWS:

@@ -186,7 +186,7 @@ def write_maps(
 
 
 def _check_settings(settings: SlideSettings) -> None:
-    from histoscan.data.transforms import TTA_VIEWS
+    from histoscan.data.views import TTA_VIEWS
 
     if settings.tta not in TTA_VIEWS:
         raise HistoscanError(

@@ -1,0 +1,50 @@
+"""Test-time augmentation views on uint8 patches, without torch.
+
+The eight dihedral transforms of a square patch, as numpy views of (N, H, W, 3) arrays. They match
+``histoscan.data.transforms.dihedral`` on (N, 3, H, W) tensors: view ``k`` flips the width axis when
+``k >= 4``, then rotates by ``k % 4`` quarter turns (H towards W).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import numpy as np
+
+
+class Tta(str, Enum):
+    """Test-time augmentation: the identity, identity + horizontal flip, or all 8 dihedral views."""
+
+    none = "none"
+    flip = "flip"
+    d4 = "d4"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+TTA_VIEWS = {"none": 1, "flip": 2, "d4": 8}  # views per mode, by name
+_VIEWS = {Tta.none: (0,), Tta.flip: (0, 4), Tta.d4: tuple(range(8))}
+
+
+def parse_tta(tta: str | Tta) -> Tta:
+    """``Tta`` from its name; ValueError naming the choices otherwise."""
+    try:
+        return Tta(str(tta))
+    except ValueError:
+        choices = ", ".join(t.value for t in Tta)
+        raise ValueError(f"unknown TTA mode {tta!r}; choose from {choices}") from None
+
+
+def tta_views(tta: str | Tta) -> list[int]:
+    """Dihedral indices of a TTA mode; view 0 is always the identity."""
+    return list(_VIEWS[parse_tta(tta)])
+
+
+def dihedral_hwc(images: np.ndarray, k: int) -> np.ndarray:
+    """Dihedral view ``k`` (0..7) of patches (N, H, W, C), C-contiguous."""
+    if not 0 <= k < 8:
+        raise ValueError(f"dihedral view {k} not in 0..7")
+    if k >= 4:
+        images = images[:, :, ::-1]  # flip the width axis
+    return np.ascontiguousarray(np.rot90(images, k % 4, axes=(1, 2)))
