@@ -13,13 +13,14 @@ from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, File, Query, UploadFile
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
 from histoscan import __version__
 from histoscan.predict import Predictor
+from histoscan.serve.docs import add_offline_docs
 from histoscan.serve.errors import ApiError, install_error_handlers
 from histoscan.serve.images import encode_png, png_base64
 from histoscan.serve.schemas import (
@@ -145,24 +146,6 @@ def _add_page(app: FastAPI, svc: Service) -> None:
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
 
-def _add_offline_docs(app: FastAPI) -> None:
-    """Swagger UI at /docs from the swagger-ui-bundle package's files, not from a CDN."""
-    from fastapi.openapi.docs import get_swagger_ui_html
-    from swagger_ui_bundle import swagger_ui_path
-
-    app.mount("/docs-assets", StaticFiles(directory=swagger_ui_path), name="docs-assets")
-
-    @app.get("/docs", include_in_schema=False)
-    async def docs() -> HTMLResponse:
-        return get_swagger_ui_html(
-            openapi_url=app.openapi_url or "/openapi.json",
-            title="histoscan API",
-            swagger_js_url="/docs-assets/swagger-ui-bundle.js",
-            swagger_css_url="/docs-assets/swagger-ui.css",
-            swagger_favicon_url="/docs-assets/favicon-32x32.png",
-        )
-
-
 def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> FastAPI:
     """The service for one loaded model; run it with uvicorn, test it with TestClient."""
     settings = settings or ServeSettings()
@@ -192,7 +175,7 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
         responses={**ERRORS, 404: {"model": ErrorBody}},
     )
     _add_page(app, svc)
-    _add_offline_docs(app)
+    add_offline_docs(app)
     install_error_handlers(app)
     # added last runs first: headers, then token, then the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
