@@ -4,10 +4,45 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
+
+REAL_DATA = Path("shared") / "data" / "pcam-real"
+
+
+def find_real_root(start: Path = Path(__file__)) -> Path:
+    """``../shared/data/pcam-real`` beside the project, found upward from ``start``.
+
+    Searching upward (rather than one fixed ``parents[n]``) also finds it from a copy of the
+    tests nested inside the project, as mutation testing makes under ``mutants/``.
+    """
+    for parent in start.resolve().parents:
+        if (parent / REAL_DATA / "train_labels.csv").is_file():
+            return parent / REAL_DATA
+    return start.resolve().parents[2] / REAL_DATA  # where it should be: for the message
+
+
+def in_ci() -> bool:
+    """True under a CI runner (GitHub Actions, GitLab and most others set CI=true)."""
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def require_real_data() -> Path:
+    """The real sample's root; fails loudly under CI when it is missing, skips locally.
+
+    A CI run without the data must not pass with a quarter of the suite quietly skipped.
+    """
+    root = find_real_root()
+    if (root / "train_labels.csv").is_file():
+        return root
+    message = f"real sample not found at {root} (see ../shared/data/pcam-real/README.md)"
+    if in_ci():
+        pytest.fail(f"CI=true but {message}: CI must provide the real data", pytrace=False)
+    pytest.skip(message)
 
 
 def write_separable_folder(folder: Path, n_per_class: int = 16, seed: int = 0) -> Path:
