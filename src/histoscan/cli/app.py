@@ -54,13 +54,23 @@ def fail(message: str, code: int = 2) -> None:
     sys.exit(code)
 
 
-@app.callback()
-def main(
-    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
-) -> None:
-    """Find metastatic cancer in H&E lymph-node patches and slides."""
-    if version:
+def _print_version(value: bool) -> None:
+    """Eager, so ``histoscan --version`` answers before typer asks for a command."""
+    if value:
         from histoscan import __version__
 
-        typer.echo(__version__)
+        typer.echo(f"histoscan {__version__}")
         raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False,
+        "--version",
+        is_eager=True,
+        callback=_print_version,
+        help="Print the version and exit.",
+    ),
+) -> None:
+    """Find metastatic cancer in H&E lymph-node patches and slides."""
