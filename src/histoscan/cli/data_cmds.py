@@ -94,7 +94,10 @@ def prepare(
     ] = None,
     labels: LabelsOpt = None,
     split: SplitOpt = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing store.")] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace an existing store (only a folder histoscan made)."),
+    ] = False,
     quiet: QuietOpt = False,
 ) -> None:
     """Decode every patch once into a packed store that training reads without decoding."""
@@ -103,7 +106,14 @@ def prepare(
 
     source = open_source(data, labels=labels, split=split)
     start = time.perf_counter()
-    store = write_store(source, out, manifest=manifest, overwrite=overwrite, progress=not quiet)
+    store = write_store(
+        source,
+        out,
+        manifest=manifest,
+        overwrite=overwrite,
+        progress=not quiet,
+        inputs=[data, labels],
+    )
     size_mb = sum(f.stat().st_size for f in store.root.iterdir()) / 1e6
     meta = store.meta
     typer.echo(

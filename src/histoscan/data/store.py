@@ -5,7 +5,9 @@ Layout of a store directory::
     images.npy   (N, 96, 96, 3) uint8, memory-mapped when read
     labels.npy   (N,) int8, -1 for unlabelled
     ids.txt      one id per line
-    store.json   source, counts, a SHA-256 of the content; written last
+    store.json   source, counts, a SHA-256 of the content (checked by ``verify --hash``) and one
+                 of the ids and labels (checked on every open); written last
+    .histoscan   the marker that lets ``--overwrite`` replace it
 
 A store is built in a hidden temporary folder beside the target and renamed into place, so an
 interrupted ``prepare`` never leaves something that looks like a finished store.
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import time
@@ -26,7 +29,7 @@ import numpy as np
 from histoscan import __version__
 from histoscan.data.sources import PATCH_PX, PatchSource
 from histoscan.errors import DataError
-from histoscan.io import atomic_dir
+from histoscan.io import atomic_dir, ensure_free_space, preallocate, prepare_out_dir
 from histoscan.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 META = "store.json"
 FORMAT = "histoscan-store/1"
 KEEP_WORDS = {"1", "true", "yes", "keep"}
+PATCH_BYTES = PATCH_PX * PATCH_PX * 3
 
 
 def is_store(path: Path) -> bool:
@@ -53,10 +57,22 @@ class PatchStore(PatchSource):
             labels = np.load(path / "labels.npy")
         except (OSError, ValueError) as exc:
             raise DataError(f"{path}: not a readable histoscan store ({exc})") from exc
-        if self.meta.get("format") != FORMAT:
-            raise DataError(f"{path}: unknown store format {self.meta.get('format')!r}")
-        if len(ids) != len(labels):
+        if not isinstance(self.meta, dict) or self.meta.get("format") != FORMAT:
+            found = self.meta.get("format") if isinstance(self.meta, dict) else None
+            raise DataError(f"{path}: unknown store format {found!r}")
+        if labels.ndim != 1 or len(ids) != len(labels):
             raise DataError(f"{path}: ids.txt has {len(ids)} ids, labels.npy {len(labels)} labels")
+        _check_store_labels(path, ids, labels)
+        recorded = self.meta.get("index_sha256")
+        if recorded is not None and index_digest(labels, ids) != recorded:
+            raise DataError(
+                f"{path}: ids.txt or labels.npy changed after prepare (checksum mismatch); "
+                "rebuild the store with `histoscan prepare`"
+            )
+        if self.meta.get("count") not in (None, len(ids)):
+            raise DataError(
+                f"{path}: store.json says {self.meta['count']} patches, found {len(ids)}"
+            )
         super().__init__(path, ids, labels)
         self.id_is_hash = bool(self.meta.get("id_is_hash", True))
         self._images: np.ndarray | None = None
@@ -69,8 +85,12 @@ class PatchStore(PatchSource):
                 self._images = np.load(self.root / "images.npy", mmap_mode="c")
             except (OSError, ValueError) as exc:
                 raise DataError(f"{self.root / 'images.npy'}: unreadable ({exc})") from exc
-            if self._images.shape != (len(self.ids), PATCH_PX, PATCH_PX, 3):
-                raise DataError(f"{self.root}: images.npy does not match ids.txt")
+            expected = (len(self.ids), PATCH_PX, PATCH_PX, 3)
+            if self._images.shape != expected or self._images.dtype != np.uint8:
+                raise DataError(
+                    f"{self.root / 'images.npy'}: holds {self._images.dtype} "
+                    f"{self._images.shape}, expected uint8 {expected}; rebuild the store"
+                )
         return self._images
 
     def __getstate__(self) -> dict:
@@ -122,6 +142,26 @@ def select_manifest(source: PatchSource, manifest: Path | None) -> np.ndarray:
     return indices
 
 
+def index_digest(labels: np.ndarray, ids: Sequence[str]) -> str:
+    """SHA-256 of the labels and ids: cheap enough to check on every open."""
+    digest = hashlib.sha256(np.asarray(labels, dtype=np.int8).tobytes())
+    digest.update("\n".join(ids).encode())
+    return digest.hexdigest()
+
+
+def _check_store_labels(path: Path, ids: Sequence[str], labels: np.ndarray) -> None:
+    if labels.dtype.kind not in "iu":
+        raise DataError(f"{path / 'labels.npy'}: labels are {labels.dtype}, expected int8")
+    bad = np.flatnonzero(~np.isin(labels, (-1, 0, 1)))
+    if len(bad):
+        i = int(bad[0])
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise DataError(
+            f"{path / 'labels.npy'}: label {labels[i]} at index {i} (id {ids[i]}) is not 0, 1 "
+            f"or -1{more}; rebuild the store with `histoscan prepare`"
+        )
+
+
 def write_store(
     source: PatchSource,
     out: Path,
@@ -129,15 +169,23 @@ def write_store(
     overwrite: bool = False,
     chunk: int = 512,
     progress: bool = True,
+    inputs: Sequence[Path | str | None] = (),
 ) -> PatchStore:
-    """Decode every patch of ``source`` (or those the manifest keeps) into a store at ``out``."""
+    """Decode every patch of ``source`` (or those the manifest keeps) into a store at ``out``.
+
+    Patches are decoded and written ``chunk`` at a time, so memory stays flat however large the
+    source is. ``out`` follows :func:`histoscan.io.atomic_dir`'s overwrite policy; ``inputs``
+    (what the user pointed at) are protected along with the source's own folder.
+    """
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (use --overwrite to replace it)")
+    prepare_out_dir(out, overwrite, [source.root, manifest, *inputs])
     source.require_clean()
     indices = select_manifest(source, manifest)
-    with atomic_dir(out) as tmp:
+    ensure_free_space(out.parent, len(indices) * PATCH_BYTES + (1 << 20), "store")
+    with atomic_dir(out, overwrite, [source.root, manifest, *inputs], what="store") as tmp:
         digest = _write_arrays(source, indices, tmp, chunk, progress)
+        labels = source.labels[indices].astype(np.int8)
+        ids = [source.ids[i] for i in indices]
         meta = {
             "format": FORMAT,
             "histoscan_version": __version__,
@@ -147,12 +195,13 @@ def write_store(
             "source_path": str(Path(source.root).resolve()),
             "manifest": str(Path(manifest).resolve()) if manifest else None,
             "count": len(indices),
-            "positives": int((source.labels[indices] == 1).sum()),
-            "negatives": int((source.labels[indices] == 0).sum()),
-            "unlabelled": int((source.labels[indices] < 0).sum()),
+            "positives": int((labels == 1).sum()),
+            "negatives": int((labels == 0).sum()),
+            "unlabelled": int((labels < 0).sum()),
             "patch_px": PATCH_PX,
             "id_is_hash": source.id_is_hash,
             "sha256": digest,
+            "index_sha256": index_digest(labels, ids),
         }
         (tmp / META).write_text(json.dumps(meta, indent=2))
     return PatchStore(out)
@@ -161,19 +210,31 @@ def write_store(
 def _write_arrays(
     source: PatchSource, indices: np.ndarray, folder: Path, chunk: int, progress: bool
 ) -> str:
+    """Stream the patches into images.npy with plain writes (a memmap would grow the RSS)."""
     n = len(indices)
-    images = np.lib.format.open_memmap(
-        folder / "images.npy", mode="w+", dtype=np.uint8, shape=(n, PATCH_PX, PATCH_PX, 3)
+    header = io.BytesIO()
+    shape = (n, PATCH_PX, PATCH_PX, 3)
+    np.lib.format.write_array_header_1_0(
+        header, {"descr": "|u1", "fortran_order": False, "shape": shape}
     )
+    path = folder / "images.npy"
+    preallocate(path, len(header.getvalue()) + n * PATCH_BYTES)  # a full disk fails here, once
     digest = hashlib.sha256()
-    with progress_bar("prepare", total=n, show=progress, unit="patches") as bar:
+    with (
+        open(path, "r+b") as fh,
+        progress_bar("prepare", total=n, show=progress, unit="patches") as bar,
+    ):
+        fh.write(header.getvalue())
         for start in range(0, n, chunk):
-            block = source.read_many(indices[start : start + chunk])
-            images[start : start + len(block)] = block
-            digest.update(block.tobytes())
+            block = np.ascontiguousarray(source.read_many(indices[start : start + chunk]))
+            if block.shape[1:] != shape[1:] or block.dtype != np.uint8:
+                raise DataError(
+                    f"{source.locate(int(indices[start]))}: read as {block.dtype} "
+                    f"{block.shape[1:]}, expected uint8 {shape[1:]}"
+                )
+            fh.write(block.data)
+            digest.update(block.data)
             bar.advance(len(block))
-    images.flush()
-    del images
     labels = source.labels[indices].astype(np.int8)
     ids = [source.ids[i] for i in indices]
     np.save(folder / "labels.npy", labels)
