@@ -91,9 +91,13 @@ def test_every_defect_is_reported(broken_kaggle: tuple[Path, dict[str, str]]) ->
     found = kinds_by_id(result.problems)
     for kind, key in expect.items():
         assert kind.split(" RGBA")[0] in found.get(key, set()), (kind, found.get(key))
-    # each problem names the file (or the CSV) and what is wrong
+    # each problem names the file (or the CSV line), the id, and what is wrong
+    lines = (root / "train_labels.csv").read_text().splitlines()
     for p in result.problems:
-        assert p.id in p.location or p.location.endswith("train_labels.csv"), p
+        assert p.id in p.location or p.id in p.detail, p
+        assert p.id in str(p)
+        if ".csv:" in p.location:  # the line it names holds that id
+            assert lines[int(p.location.rsplit(":", 1)[1]) - 1].startswith(p.id), p
         assert p.detail
     rgba = next(p for p in result.problems if p.id == expect["not 3-channel RGBA"])
     assert "RGBA" in rgba.detail
@@ -186,7 +190,7 @@ def test_pcam_wrong_shape_reported_once(tmp_path: Path) -> None:
     assert result.counts() == {"not 96x96x3": 1}
 
 
-def test_pcam_wrong_dtype_reported_per_slice(tmp_path: Path) -> None:
+def test_pcam_wrong_dtype_reported_once(tmp_path: Path) -> None:
     write_pcam(tmp_path, np.zeros((10, 96, 96, 3), np.uint16), np.zeros(10))
     result = verify_source(open_source(tmp_path), progress=False)
     assert result.counts() == {"not 8-bit": 1}

@@ -61,15 +61,18 @@ class PCamSource(PatchSource):
         problems: list[Problem] = []
         try:
             with h5py.File(x_path, "r") as fx:
-                if "x" not in fx:
+                if "x" not in fx or not isinstance(fx["x"], h5py.Dataset):
                     raise DataError(f"{x_path}: no dataset 'x' in this HDF5 file")
-                n, *shape = fx["x"].shape
+                full_shape, dtype = fx["x"].shape, fx["x"].dtype
         except OSError as exc:
             raise DataError(f"{x_path}: not a readable HDF5 file ({exc})") from exc
-        if tuple(shape) != (PATCH_PX, PATCH_PX, 3):
-            problems.append(
-                Problem(str(x_path), "*", "not 96x96x3", f"dataset x has shape {tuple(shape)}")
-            )
+        if not full_shape:
+            raise DataError(f"{x_path}: dataset x is a scalar, expected N x 96 x 96 x 3 uint8")
+        n, shape = int(full_shape[0]), tuple(full_shape[1:])
+        # one array has one dtype and shape: a bad one is refused for every patch, up front
+        self.invalid = _invalid_x(shape, dtype)
+        if self.invalid:
+            problems.append(Problem(str(x_path), "*", self.invalid[0], self.invalid[1]))
         labels = np.full(n, UNLABELLED, dtype=np.int8)
         if y_path is not None:
             labels, y_problems = self._read_labels(y_path, n, split)
@@ -118,10 +121,20 @@ class PCamSource(PatchSource):
     def locate(self, i: int) -> str:
         return f"{self.x_path}[{i}]"
 
+    def _require_valid(self) -> None:
+        if self.invalid:
+            kind, detail = self.invalid
+            raise DataError(f"{self.x_path}: dataset x is {kind} ({detail}); PCam x is uint8 RGB")
+
     def read_raw(self, i: int) -> np.ndarray:
         return np.asarray(self._x()[i])
 
+    def read(self, i: int) -> np.ndarray:
+        self._require_valid()
+        return super().read(i)
+
     def read_many(self, indices: Sequence[int]) -> np.ndarray:
+        self._require_valid()
         idx = np.asarray(indices, dtype=np.int64)
         if len(idx) == 0:
             return np.empty((0, PATCH_PX, PATCH_PX, 3), np.uint8)
@@ -139,6 +152,19 @@ class PCamSource(PatchSource):
 
     def describe(self) -> str:
         return f"PCam {self.split} split at {self.x_path} ({len(self)} patches)"
+
+
+def _invalid_x(shape: tuple[int, ...], dtype: np.dtype) -> tuple[str, str] | None:
+    """(kind, detail) when PCam's x is not (N, 96, 96, 3) uint8, else None."""
+    if len(shape) != 3:
+        return "not 96x96x3", f"dataset x has shape (N, {', '.join(map(str, shape))})"
+    if shape[2] != 3:
+        return "not 96x96x3", f"dataset x has {shape[2]} channels, not 3 (RGB)"
+    if shape[:2] != (PATCH_PX, PATCH_PX):
+        return "not 96x96x3", f"dataset x holds {shape[1]}x{shape[0]} patches"
+    if dtype != np.uint8:
+        return "not 8-bit", f"dataset x is {dtype}"
+    return None
 
 
 def open_pcam(path: Path, split: str | None) -> PCamSource:

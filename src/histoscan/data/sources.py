@@ -42,7 +42,10 @@ class Problem:
     detail: str
 
     def __str__(self) -> str:
-        return f"{self.location}: {self.kind}: {self.detail}"
+        # the id is named unless the location already does (a file named by its id)
+        named = self.id in ("", "*") or self.id in self.location or self.id in self.detail
+        who = "" if named else f" (id {self.id})"
+        return f"{self.location}: {self.kind}{who}: {self.detail}"
 
 
 class PatchSource:
@@ -155,22 +158,54 @@ def _decode_tiff(path: Path) -> np.ndarray:
 
 
 def read_labels_csv(path: Path) -> tuple[dict[str, str], list[Problem]]:
-    """Read an ``id,label`` CSV; labels are kept as text here so bad values can be reported."""
+    """Read an ``id,label`` CSV; labels are kept as text here so bad values can be reported.
+
+    Every problem names the CSV line (``labels.csv:17``) and the id. ``source.label_lines`` maps
+    each id to its line, for problems found later (a label without an image).
+    """
+    labels, problems, _ = read_labels_table(path)
+    return labels, problems
+
+
+def read_labels_table(path: Path) -> tuple[dict[str, str], list[Problem], dict[str, int]]:
+    """``read_labels_csv`` plus the line number of every id."""
     labels: dict[str, str] = {}
+    lines: dict[str, int] = {}
     problems: list[Problem] = []
     try:
         with open(path, newline="", encoding="utf-8-sig") as fh:  # -sig: Excel writes a BOM
             reader = csv.DictReader(fh)
-            if reader.fieldnames is None or not {"id", "label"} <= set(reader.fieldnames):
-                raise DataError(f"{path}: expected a CSV with columns id,label")
+            fields = [f.strip() for f in reader.fieldnames or []]
+            if not {"id", "label"} <= set(fields):
+                found = ",".join(fields) if fields else "nothing"
+                raise DataError(f"{path}: expected a CSV with columns id,label (found {found})")
+            reader.fieldnames = fields
             for row in reader:
-                key = (row["id"] or "").strip()
-                if key in labels:
-                    problems.append(Problem(str(path), key, "duplicate id", "listed twice in CSV"))
+                line = reader.line_num
+                key = (row.get("id") or "").strip()
+                where = f"{path}:{line}"
+                if None in row or row.get("label") is None:
+                    problems.append(Problem(where, key or "?", "malformed row", _row_text(row)))
+                    continue
+                if not key:
+                    problems.append(Problem(where, "?", "empty id", "the id column is empty"))
+                    continue
+                if key in lines:
+                    detail = f"id {key} listed again (first on line {lines[key]})"
+                    problems.append(Problem(where, key, "duplicate id", detail))
+                    continue
                 labels[key] = (row["label"] or "").strip()
+                lines[key] = line
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{path}: cannot read labels ({exc})") from exc
-    return labels, problems
+    return labels, problems, lines
+
+
+def _row_text(row: dict) -> str:
+    extra = row.get(None)
+    if extra:
+        return f"more fields than the header: {extra!r}"
+    return "fewer fields than the header (id,label)"
 
 
 def parse_label(text: str) -> int | None:
@@ -209,7 +244,18 @@ class FileSource(PatchSource):
 
 
 def list_images(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    """Image files in ``folder``; a dangling symlink is listed too, so reading it is reported."""
+    try:
+        entries = list(folder.iterdir())
+    except OSError as exc:
+        raise DataError(f"{folder}: cannot list ({exc.strerror or exc})") from exc
+    return sorted(
+        p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES and (p.is_file() or _dangling(p))
+    )
+
+
+def _dangling(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()
 
 
 def _duplicate_id_problems(files: Sequence[Path]) -> list[Problem]:
@@ -233,27 +279,30 @@ def open_labelled_folder(folder: Path, labels_csv: Path | None, kind: str) -> Fi
         source = FileSource(folder, files, [UNLABELLED] * len(files), kind=kind)
         source.problems = problems
         return source
-    table, csv_problems = read_labels_csv(labels_csv)
+    table, csv_problems, lines = read_labels_table(labels_csv)
     problems += csv_problems
     labels = []
     for f in files:
         text = table.get(f.stem)
         if text is None:
-            problems.append(Problem(str(f), f.stem, "image without label", f"not in {labels_csv}"))
+            detail = f"id {f.stem} is not in {labels_csv}"
+            problems.append(Problem(str(f), f.stem, "image without label", detail))
             labels.append(UNLABELLED)
             continue
         value = parse_label(text)
         if value is None:
-            problems.append(Problem(str(f), f.stem, "label not 0/1", f"label is {text!r}"))
+            where = f"{labels_csv}:{lines[f.stem]}"
+            detail = f"id {f.stem} has label {text!r}; labels must be 0 or 1"
+            problems.append(Problem(where, f.stem, "label not 0/1", detail))
             labels.append(UNLABELLED)
         else:
             labels.append(value)
     stems = {f.stem for f in files}
     for key in table:
         if key not in stems:
-            problems.append(
-                Problem(str(labels_csv), key, "label without image", f"no image in {folder}")
-            )
+            where = f"{labels_csv}:{lines[key]}"
+            detail = f"id {key} has no image in {folder}"
+            problems.append(Problem(where, key, "label without image", detail))
     source = FileSource(folder, files, labels, kind=kind)
     source.problems = problems
     return source

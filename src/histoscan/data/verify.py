@@ -84,6 +84,9 @@ def verify_source(
     store = source if isinstance(source, PatchStore) else None
     content = hashlib.sha256() if check_hash and store is not None else None
     problems = list(source.problems)
+    if len(source) == 0:
+        detail = "nothing to check: an empty folder, label file or dataset"
+        problems.append(Problem(str(source.root), "*", "no patches", detail))
     first_seen: dict[bytes, int] = {}
     bar_context = progress_bar("verify", total=len(source), show=progress, unit="patches")
     with warnings.catch_warnings(), bar_context as bar:
@@ -212,6 +215,8 @@ def _check_array_range(
     source: PatchSource, lo: int, hi: int, hash_mode: str | None, content: hashlib._Hash | None
 ) -> Chunk:
     """One slice of an array-backed source; a slice that fails to read is retried per item."""
+    if any(p.id == "*" and p.kind.startswith("not ") for p in source.problems):
+        return [], [None] * (hi - lo)  # the whole array is refused, and said so once already
     try:
         block = np.ascontiguousarray(source.read_many(np.arange(lo, hi)))  # (n, H, W, C)
     except Exception:
