@@ -9,5 +9,8 @@ from histoscan.cli import (  # noqa: F401  (importing registers the subcommands)
     slide_cmd,
 )
 from histoscan.cli.app import app
+from histoscan.cli.options import name_placeholders
+
+name_placeholders(app)
 
 __all__ = ["app"]
