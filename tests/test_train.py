@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import shutil
 import subprocess
@@ -81,6 +82,61 @@ def test_finished_run_is_not_overwritten(tmp_path: Path) -> None:
     )
     with pytest.raises(DataError, match="finished run"):
         fit(open_source(data), load_train_config(None, epochs=1, **FAST), tmp_path / "run")
+
+
+def read_split_csv(run: Path) -> tuple[list[str], list[str]]:
+    """(train ids, validation ids) as the run recorded them in split.csv."""
+    with open(run / "split.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["split"] for r in rows} <= {"train", "val"}
+    return [r["id"] for r in rows if r["split"] == "train"], [
+        r["id"] for r in rows if r["split"] == "val"
+    ]
+
+
+@pytest.mark.parametrize("how", ["stratified", "grouped", "manifest"])
+def test_train_and_validation_ids_are_disjoint_and_cover_the_kept_set(
+    tmp_path: Path, how: str
+) -> None:
+    from histoscan.models.modelfile import load_model_file
+
+    data = write_separable_folder(tmp_path / "data", n_per_class=12)
+    source = open_source(data)
+    kept = set(source.ids)
+    options: dict = {}
+    settings = dict(FAST)
+    slide = {key: f"slide{i % 8}" for i, key in enumerate(source.ids)}  # 8 slides of 3
+    if how == "grouped":
+        groups = tmp_path / "slides.csv"
+        groups.write_text("id,slide\n" + "".join(f"{k},{v}\n" for k, v in slide.items()))
+        options["groups_csv"] = groups
+        settings["group_col"] = "slide"
+    if how == "manifest":
+        kept = set(source.ids[::4]) | set(source.ids[1::4]) | set(source.ids[2::4])  # 18 of 24
+        manifest = tmp_path / "clean.csv"
+        rows = "".join(f"{k},{int(k in kept)}\n" for k in source.ids)
+        manifest.write_text("id,keep\n" + rows)
+        options["manifest"] = manifest
+    cfg = load_train_config(None, epochs=1, limit_train_batches=1, **settings)
+
+    fit(source, cfg, tmp_path / "run", progress=False, **options)
+
+    train, val = read_split_csv(tmp_path / "run")
+    assert len(set(train)) == len(train) and len(set(val)) == len(val)
+    assert not set(train) & set(val)
+    assert set(train) | set(val) == kept
+    label = dict(zip(source.ids, source.labels.tolist(), strict=True))
+    assert {label[k] for k in val} == {0, 1}  # both classes validated
+    if how == "grouped":
+        assert not {slide[k] for k in train} & {slide[k] for k in val}
+    else:  # stratified: 25 % of each class, rounded, in validation
+        for c in (0, 1):
+            n_c = sum(label[k] == c for k in kept)
+            assert abs(sum(label[k] == c for k in val) - 0.25 * n_c) <= 1
+    mf = load_model_file(tmp_path / "run" / "model.pt")
+    assert sorted(mf.card["val_ids"]) == sorted(val)
+    assert mf.meta.seen_in_training(train).all()
+    assert not mf.meta.seen_in_training(val).any()
 
 
 def test_grouped_split_keeps_each_slide_on_one_side(tmp_path: Path) -> None:
