@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from histoscan.errors import ModelError
-from histoscan.models.bundle import ModelFile, load_model_file, save_model_file
+from histoscan.models.bundle import load_model_file, memory_model_file, save_model_file
 from histoscan.models.registry import create_model, list_models, model_spec
 
 
@@ -27,10 +27,34 @@ def test_unknown_model_names_the_choices() -> None:
         create_model("resnet19")
 
 
-def test_pretrained_offline_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_pretrained_offline_is_a_clear_error(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Offline for real and at once: no socket opens, the HF cache is empty, the hub is offline.
+
+    Setting HF_HUB_OFFLINE alone is not enough once huggingface_hub is imported (it reads the
+    variable at import), which made this test wait 46 s on a network timeout.
+    """
+    import socket
+    import time
+
+    import huggingface_hub.constants as hf_constants
+
+    def no_network(*args: object, **kwargs: object) -> None:
+        raise OSError("network disabled in tests")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(ModelError, match="online"):
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    start = time.monotonic()
+    with pytest.raises(ModelError, match=r"ImageNet weights for resnet18 .*online") as info:
         create_model("resnet18", pretrained=True)
+    assert time.monotonic() - start < 15  # an offline refusal, not a network timeout
+    assert info.value.__cause__ is not None  # the underlying error is kept for the message
+    assert "without --pretrained" in str(info.value)
 
 
 def test_model_file_round_trips_weights_and_preprocessing(tmp_path: Path) -> None:
@@ -40,9 +64,9 @@ def test_model_file_round_trips_weights_and_preprocessing(tmp_path: Path) -> Non
     path = tmp_path / "m.pt"
     save_model_file(
         path,
-        ModelFile(
-            spec=spec,
-            net=net,
+        memory_model_file(
+            spec,
+            net,
             temperature=1.7,
             threshold=0.3,
             val_logits=np.array([0.1, -2.0]),
@@ -54,7 +78,9 @@ def test_model_file_round_trips_weights_and_preprocessing(tmp_path: Path) -> Non
     assert (loaded.temperature, loaded.threshold) == (1.7, 0.3)
     x = torch.randint(0, 256, (3, 96, 96, 3), dtype=torch.uint8)
     with torch.no_grad():
-        assert torch.allclose(loaded.inference_net()(x), ModelFile(spec, net).inference_net()(x))
+        assert torch.allclose(
+            loaded.inference_net()(x), memory_model_file(spec, net).inference_net()(x)
+        )
     np.testing.assert_allclose(loaded.val_logits, [0.1, -2.0], rtol=1e-6)
 
 
