@@ -45,7 +45,11 @@ def make_client(onnx_predictor: Predictor) -> Iterator[Callable[..., TestClient]
         predictor: Predictor | None = None, raise_server_exceptions: bool = True, **settings: object
     ) -> TestClient:
         app = create_app(predictor or onnx_predictor, ServeSettings(**settings))  # type: ignore[arg-type]
-        client = TestClient(app, raise_server_exceptions=raise_server_exceptions)
+        client = TestClient(
+            app,
+            base_url="http://127.0.0.1:8000",  # the service checks the Host header
+            raise_server_exceptions=raise_server_exceptions,
+        )
         client.__enter__()
         clients.append(client)
         return client

@@ -15,6 +15,7 @@ import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image
@@ -151,10 +152,25 @@ def decode_image(path: Path) -> np.ndarray:
         return np.asarray(img)
 
 
-def _decode_tiff(path: Path) -> np.ndarray:
+TIFF_MAGIC = (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+")
+
+
+def _decode_tiff(path: Path | BinaryIO) -> np.ndarray:
     import tifffile
 
     return tifffile.imread(path)
+
+
+def decode_patch_file(file: Path | BinaryIO, is_tiff: bool) -> np.ndarray:
+    """Decode as every reader does: tifffile for TIFF (16-bit and extra channels stay visible),
+    PIL for the rest and for TIFFs tifffile cannot read."""
+    if is_tiff:
+        try:
+            return _decode_tiff(file)
+        except Exception:  # not every TIFF is tifffile-friendly; PIL is the fallback
+            if not isinstance(file, Path):
+                file.seek(0)
+    return decode_image(file)  # type: ignore[arg-type]  (PIL takes files too)
 
 
 def read_labels_csv(path: Path) -> tuple[dict[str, str], list[Problem]]:
@@ -235,12 +251,7 @@ class FileSource(PatchSource):
 
     def read_raw(self, i: int) -> np.ndarray:
         path = self.files[i]
-        if path.suffix.lower() in (".tif", ".tiff"):
-            try:
-                return _decode_tiff(path)
-            except Exception:  # not every TIFF is tifffile-friendly; PIL is the fallback
-                pass
-        return decode_image(path)
+        return decode_patch_file(path, path.suffix.lower() in (".tif", ".tiff"))
 
 
 def list_images(folder: Path) -> list[Path]:

@@ -9,7 +9,7 @@ from typing import BinaryIO
 import numpy as np
 from PIL import Image
 
-from histoscan.data.sources import check_patch, decode_image
+from histoscan.data.sources import TIFF_MAGIC, check_patch, decode_patch_file
 from histoscan.serve.errors import ApiError
 
 MAX_PATCH_FILE_BYTES = 16 * 2**20
@@ -50,7 +50,8 @@ def decode_patch(
                 f"{name}: not {patch_px}x{patch_px} (got {width}x{height}); "
                 "the server accepts other sizes only when started with --resize",
             )
-        image = decode_image(io.BytesIO(data))  # type: ignore[arg-type]  (PIL takes files too)
+        # the CLI's rules: a 16-bit or 4-channel TIFF is refused here as it is there
+        image = decode_patch_file(io.BytesIO(data), data[:4] in TIFF_MAGIC)
     except ApiError:
         raise
     except Exception as exc:  # PIL raises many types for bytes that are not an image
@@ -65,6 +66,32 @@ def decode_patch(
         resampled = Image.fromarray(image).resize((patch_px, patch_px), Image.Resampling.BILINEAR)
         image = np.asarray(resampled)
     return np.ascontiguousarray(image, dtype=np.uint8), resized_from
+
+
+def image_pixels(file: BinaryIO) -> int:
+    """Width x height from the header only (the file position is restored); 0 if unreadable."""
+    start = file.tell()
+    try:
+        with Image.open(file) as img:
+            width, height = img.size
+    except Exception:  # not an image: decode_patch reports it properly
+        return 0
+    finally:
+        file.seek(start)
+    return width * height
+
+
+def check_pixel_budget(files: list[BinaryIO], budget: int) -> None:
+    """413 when the images of one request would decode to more than ``budget`` pixels."""
+    total = 0
+    for file in files:
+        total += image_pixels(file)
+        if total > budget:
+            raise ApiError(
+                413,
+                f"these images hold more than {budget / 1e6:,.0f} million pixels, the most one "
+                "request may decode; send fewer or smaller images",
+            )
 
 
 def encode_png(image: np.ndarray) -> bytes:

@@ -7,6 +7,7 @@ client's file name is only echoed back, never used as a path. Outputs are served
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import secrets
@@ -23,6 +24,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from histoscan.errors import HistoscanError
+from histoscan.io import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -229,6 +231,9 @@ class SlideJobs:
             job.status, job.error = FAILED, f"internal error while analysing ({type(exc).__name__})"
         else:
             job.summary = self._public(summary, job)
+            summary_file = job.out_dir / "summary.json"
+            if summary_file.is_file():  # the served file must not carry the private folder either
+                atomic_write(summary_file, json.dumps(job.summary, indent=2))
             job.done = job.total
             job.status = DONE
         finally:
@@ -252,7 +257,9 @@ class SlideJobs:
             text = str(value)
             if text.startswith(str(job.folder)):
                 return job.file_name if Path(text) == job.slide_path else Path(text).name
-            return text
+            if isinstance(value, Path) or (text.startswith("/") and "\n" not in text):
+                return Path(text).name  # any other server path (the model file, a cache)
+            return self._hide_paths(text, job)
         if isinstance(value, np.ndarray | np.generic):
             return value.tolist()
         return value

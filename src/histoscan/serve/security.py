@@ -1,4 +1,4 @@
-"""ASGI middleware that runs before any body is read: bearer token, upload size, page headers.
+"""ASGI middleware that runs before any body is read: Host/Origin, token, upload size, headers.
 
 Checking here rather than in a FastAPI dependency matters: dependencies run after the multipart
 body has been parsed, so a client without the token could still make the server spool gigabytes.
@@ -7,9 +7,11 @@ body has been parsed, so a client without the token could still make the server 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
+from urllib.parse import urlsplit
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -151,3 +153,94 @@ class PageHeadersMiddleware:
             await send(message)
 
         await self.app(scope, receive, add_headers)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+WILDCARD_BINDS = ("0.0.0.0", "::", "")
+
+
+def _hostname(value: str) -> str:
+    """'Example.org:8000' -> 'example.org'; '[::1]:80' -> '::1'."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        return value[1:].split("]", 1)[0]
+    if value.count(":") > 1:  # a bare IPv6 address
+        return value
+    return value.rsplit(":", 1)[0] if ":" in value else value
+
+
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def normalise_origin(origin: str) -> str:
+    """'HTTP://Host:8000/' -> 'http://host:8000' (scheme://host[:port], nothing else)."""
+    parts = urlsplit(origin.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"not an origin (scheme://host[:port]): {origin!r}")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
+
+
+class HostOriginMiddleware:
+    """Refuse requests whose Host or Origin is foreign, with 403 JSON, before reading a body.
+
+    Host (against DNS rebinding): the bind address, ``localhost``/``127.0.0.1``/``::1``, the hosts
+    of the allowed origins, and, when bound to all interfaces, any IP address (a rebinding attack
+    needs a name). Origin (against cross-site POSTs from a page the user visits, token or not):
+    absent (not a browser), the server's own origin (``scheme://`` + Host), or an allowed origin.
+    """
+
+    def __init__(self, app: ASGIApp, bind_host: str, allow_origins: tuple[str, ...] = ()) -> None:
+        self.app = app
+        self.allow_origins = {normalise_origin(o) for o in allow_origins}
+        bind = _hostname(bind_host) if bind_host not in WILDCARD_BINDS else bind_host
+        self.any_ip = bind in WILDCARD_BINDS
+        self.hosts = (
+            set(LOOPBACK_NAMES)
+            | {bind}
+            | {_hostname(urlsplit(o).netloc) for o in self.allow_origins}
+        )
+        if self.any_ip:
+            import socket
+
+            self.hosts |= {socket.gethostname().lower(), socket.getfqdn().lower()}
+        self.hosts.discard("")
+
+    def host_allowed(self, host: str | None) -> bool:
+        if not host:
+            return False
+        name = _hostname(host)
+        return name in self.hosts or (self.any_ip and _is_ip(name))
+
+    def origin_allowed(self, origin: str, host: str, scheme: str) -> bool:
+        try:
+            origin = normalise_origin(origin)
+        except ValueError:
+            return False  # "null" (sandboxed frames, file://) and anything malformed
+        return origin in self.allow_origins or origin == f"{scheme}://{host.strip().lower()}"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        host = _header(scope, b"host")
+        if not self.host_allowed(host):
+            await send_json_error(
+                send, 403, f"Host {host!r} is not served here; use http://127.0.0.1 or localhost"
+            )
+            return
+        origin = _header(scope, b"origin")
+        scheme = "https" if scope.get("scheme") in ("https", "wss") else "http"
+        if origin is not None and not self.origin_allowed(origin, host or "", scheme):
+            await send_json_error(
+                send,
+                403,
+                f"cross-site request from {origin!r} refused; start the server with "
+                "--allow-origin to allow a page on another origin",
+            )
+            return
+        await self.app(scope, receive, send)

@@ -20,6 +20,10 @@ class ServeSettings:
         max_files: most patch files in one request.
         max_jobs: most slide jobs kept at once (queued, running or finished but not cleared).
         slide_workers: slide jobs that run at the same time; the rest queue.
+        host: the bind address; requests must name it (or localhost) in their Host header.
+        allow_origins: web origins (``https://app.example.org``) whose pages may call the API;
+            the server's own page always may.
+        max_request_pixels: decoded pixels one request may cost (counts with ``--resize``).
     """
 
     token: str | None = None
@@ -32,6 +36,9 @@ class ServeSettings:
     max_files: int = 512
     max_jobs: int = 32
     slide_workers: int = 1
+    host: str = "127.0.0.1"
+    allow_origins: tuple[str, ...] = ()
+    max_request_pixels: int = 64 * 2**20
 
     def __post_init__(self) -> None:
         from histoscan.data.views import TTA_VIEWS
@@ -43,6 +50,13 @@ class ServeSettings:
             raise ValueError("token must not be empty (leave it out to serve without one)")
         if self.max_batch < 1 or self.max_files < 1 or self.slide_workers < 1:
             raise ValueError("max_batch, max_files and slide_workers must be at least 1")
+        if self.max_request_pixels < 1:
+            raise ValueError("max_request_pixels must be at least 1")
+        from histoscan.serve.security import normalise_origin
+
+        object.__setattr__(self, "allow_origins", tuple(self.allow_origins))
+        for origin in self.allow_origins:
+            normalise_origin(origin)  # ValueError names the bad one
 
     @property
     def max_upload_bytes(self) -> int:
