@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from histoscan.data.audit import AuditConfig, open_audit_source, run_audit
+from histoscan.audit import AuditConfig, open_audit_source, run_audit
 from histoscan.data.sources import PatchSource
 
 REAL = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "pcam-real" / "train"

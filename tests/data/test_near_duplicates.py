@@ -6,7 +6,7 @@ import itertools
 
 import numpy as np
 
-from histoscan.data.audit_features import hamming_pairs, near_duplicates
+from histoscan.audit.features import hamming_pairs, near_duplicates
 
 
 def brute_force_pairs(hashes: np.ndarray, max_bits: int) -> set[tuple[int, int]]:

@@ -58,7 +58,7 @@ def audit(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Audit a patch set: what is in it, what predicts the label, what to clean."""
-    from histoscan.data.audit import AuditConfig, open_audit_source, run_audit
+    from histoscan.audit import AuditConfig, open_audit_source, run_audit
 
     cfg = AuditConfig(
         tissue_saturation=tissue_saturation, min_tissue=min_tissue, black_max=black_max,

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from histoscan.data import audit_features as af
-from histoscan.data import audit_figures as figures
+from histoscan.audit import features as af
+from histoscan.audit import figures
 
 if TYPE_CHECKING:
-    from histoscan.data.audit import Audit
+    from histoscan.audit.core import Audit
 
 SECTIONS = {
     "about": "1. About the data",
@@ -105,7 +105,7 @@ def _label(audit: Audit, i: int) -> str:
 
 def _pick(audit: Audit) -> dict[str, list[tuple[int, str]]]:
     """Which patches each thumbnail grid shows, with captions."""
-    from histoscan.data.audit import RULE_SCORES, group_index
+    from histoscan.audit.core import RULE_SCORES, group_index
 
     cfg, scan, ids = audit.cfg, audit.scan, audit.source.ids
     groups = group_index(audit.source.labels)

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from histoscan.data import audit_features as af
+from histoscan.audit import features as af
+from histoscan.audit.stats import baseline_auc, can_fit, feature_table
 from histoscan.data.sources import PATCH_PX, PatchSource, open_source
 from histoscan.errors import DataError
 from histoscan.progress import progress_bar
@@ -320,8 +321,6 @@ class Audit:
 
 def audit_source(source: PatchSource, cfg: AuditConfig, progress: bool = True) -> Audit:
     """Scan, flag, find duplicates, apply the rules and fit the baseline; writes nothing."""
-    from histoscan.data.audit_report import baseline_auc, can_fit, feature_table
-
     if len(source) == 0:
         raise DataError(f"{source.root}: no patches found")
     scan = scan_source(source, cfg, progress)
@@ -351,33 +350,4 @@ def audit_source(source: PatchSource, cfg: AuditConfig, progress: bool = True) -
             )
     seconds |= {"outliers": t1 - t0, "duplicates": t2 - t1, "baseline": time.perf_counter() - t2}
     audit.seconds = seconds
-    return audit
-
-
-def run_audit(
-    source: PatchSource,
-    out: Path,
-    cfg: AuditConfig | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-    command: str | None = None,
-) -> Audit:
-    """Audit ``source`` into a new folder ``out``: audit.html, audit.json, clean_manifest.csv.
-
-    ``command`` (the command line that ran it) is written into the report.
-    """
-    from histoscan.data.audit_report import write_folder, write_report
-
-    started = time.perf_counter()
-    cfg = cfg or AuditConfig()
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise DataError(f"{out}: already exists (use --overwrite to replace it)")
-    audit = audit_source(source, cfg, progress)
-    audit.command = command
-
-    write_folder(out, overwrite, lambda folder: write_report(folder, audit, started))
-    log.info(
-        "audit of %d patches written to %s in %.1f s", len(source), out, audit.seconds["total"]
-    )
     return audit

@@ -6,86 +6,17 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
-import shutil
-import tempfile
-import time
 from collections import Counter
-from collections.abc import Callable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from histoscan.data import audit_features as af
-from histoscan.errors import DataError
+from histoscan.audit import features as af
+from histoscan.audit.stats import can_fit
 
 if TYPE_CHECKING:
-    from histoscan.data.audit import Audit
-
-
-def feature_table(features: np.ndarray, y: np.ndarray) -> list[dict]:
-    """Per feature: class means, point-biserial r (and p) with the label, univariate ROC AUC."""
-    from scipy.stats import pointbiserialr
-    from sklearn.metrics import roc_auc_score
-
-    rows = []
-    for k, (name, text) in enumerate(af.FEATURES.items()):
-        x = features[:, k].astype(np.float64)
-        r, p = (math.nan, math.nan) if np.ptp(x) == 0 else pointbiserialr(y, x)
-        rows.append(
-            {
-                "feature": name,
-                "description": text,
-                "mean_negative": float(x[y == 0].mean()),
-                "mean_positive": float(x[y == 1].mean()),
-                "point_biserial_r": float(r),
-                "p_value": float(p),
-                "auc": float(roc_auc_score(y, x)),
-            }
-        )
-    return rows
-
-
-def baseline_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> tuple[dict, np.ndarray]:
-    """Standardised logistic regression, stratified k-fold AUC; also out-of-fold probabilities."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    def model() -> Any:
-        return make_pipeline(
-            StandardScaler(), LogisticRegression(solver="newton-cholesky", max_iter=200)
-        )
-
-    probs = np.zeros(len(y))
-    aucs = []
-    for train, test in StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, y):
-        probs[test] = model().fit(x[train], y[train]).predict_proba(x[test])[:, 1]
-        aucs.append(float(roc_auc_score(y[test], probs[test])))
-    coef = model().fit(x, y)[-1].coef_[0]
-    result = {
-        "n": len(y),
-        "positives": int(y.sum()),
-        "folds": folds,
-        "fold_auc": aucs,
-        "auc_mean": float(np.mean(aucs)),
-        "auc_sd": float(np.std(aucs, ddof=1)),
-        "standardised_coefficients": dict(zip(af.FEATURES, map(float, coef), strict=True)),
-    }
-    return result, probs
-
-
-def can_fit(y: np.ndarray, folds: int) -> str | None:
-    """Why a label analysis cannot run on ``y`` (0/1), or None."""
-    if min((y == 0).sum(), (y == 1).sum()) < folds:
-        return f"needs at least {folds} labelled patches of each class"
-    return None
+    from histoscan.audit.core import Audit
 
 
 def _by_group(mask: np.ndarray, groups: np.ndarray) -> dict[str, int]:
@@ -106,7 +37,7 @@ def _formats(source: Any) -> dict[str, int]:
 
 
 def _about(audit: Audit, groups: np.ndarray) -> dict:
-    from histoscan.data.audit import split_names
+    from histoscan.audit.core import split_names
 
     source, scan = audit.source, audit.scan
     splits = split_names(source)
@@ -191,13 +122,13 @@ def _distributions(audit: Audit) -> dict:
 
 
 def _groups(audit: Audit) -> np.ndarray:
-    from histoscan.data.audit import group_index
+    from histoscan.audit.core import group_index
 
     return group_index(audit.source.labels)
 
 
 def _outliers(audit: Audit, groups: np.ndarray) -> dict:
-    from histoscan.data.audit import RULE_SCORES
+    from histoscan.audit.core import RULE_SCORES
 
     out = {}
     for rule, (name, low_is_bad) in RULE_SCORES.items():
@@ -210,7 +141,7 @@ def _outliers(audit: Audit, groups: np.ndarray) -> dict:
             "score": name,
             "worst": [{"id": audit.source.ids[i], "score": float(score[i])} for i in worst[:50]],
         }
-    from histoscan.data.audit import split_names
+    from histoscan.audit.core import split_names
 
     dups, labels, splits = audit.dups, audit.source.labels, split_names(audit.source)
     conflicts = [g for g in dups.near_groups if {0, 1} <= set(labels[g].tolist())]
@@ -301,54 +232,3 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
-
-
-def write_report(folder: Path, audit: Audit, started: float) -> dict:
-    """Write clean_manifest.csv, audit.html, then audit.json with the time taken.
-
-    ``started`` is the ``time.perf_counter()`` when the audit began.
-    """
-    from histoscan.data.audit_page import render_page
-
-    t0 = time.perf_counter()
-    write_manifest(folder / "clean_manifest.csv", audit)
-    summary = summarise(audit)
-    (folder / "audit.html").write_text(render_page(summary, audit), encoding="utf-8")
-    audit.seconds["report"] = time.perf_counter() - t0
-    audit.seconds["total"] = time.perf_counter() - started
-    summary["seconds"] = dict(audit.seconds)
-    (folder / "audit.json").write_text(json.dumps(summary, indent=1))
-    return summary
-
-
-def write_manifest(path: Path, audit: Audit) -> None:
-    """One row per patch: id, label (empty if unlabelled), keep (1/0), reason (rules hit)."""
-    keep = audit.keep
-    reasons = {int(i): audit.reasons(i) for i in np.flatnonzero(~keep)}
-    labels = audit.source.labels.tolist()
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(["id", "label", "keep", "reason"])
-        for i, key in enumerate(audit.source.ids):
-            label = "" if labels[i] < 0 else labels[i]
-            writer.writerow([key, label, 0 if i in reasons else 1, reasons.get(i, "")])
-
-
-def write_folder(out: Path, overwrite: bool, write: Callable[[Path], None]) -> None:
-    """Run ``write(tmp)`` into a hidden folder beside ``out``, then move it into place."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial-"))
-        umask = os.umask(0)
-        os.umask(umask)
-        tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result should not be
-    except OSError as exc:
-        raise DataError(f"{out.parent}: cannot write there ({exc})") from exc
-    try:
-        write(tmp)
-        if out.exists() and overwrite:
-            shutil.rmtree(out)
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise

@@ -8,10 +8,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from histoscan.data import audit_features as af
+from histoscan.audit import features as af
 
 if TYPE_CHECKING:
-    from histoscan.data.audit import Audit
+    from histoscan.audit.core import Audit
 
 COLOURS = {"negative": "#2c7bb6", "positive": "#d7191c", "unlabelled": "#777777"}
 

@@ -20,15 +20,16 @@ from skimage.color import rgb2hed, rgb2hsv
 from typer.testing import CliRunner
 
 from helpers import make_patch, pixel_id, write_labels, write_patches
+from histoscan.audit import AuditConfig, open_audit_source, run_audit
+from histoscan.audit import features as af
+from histoscan.audit import run as audit_run
+from histoscan.audit.summary import summarise
 from histoscan.cli import audit_cmd
 from histoscan.cli.app import app
-from histoscan.data import audit_features as af
-from histoscan.data import audit_page
-from histoscan.data.audit import AuditConfig, open_audit_source, run_audit
-from histoscan.data.audit_report import summarise
 from histoscan.data.sources import open_source
 from histoscan.data.store import write_store
 from histoscan.errors import DataError
+from histoscan.io import MARKER
 
 runner = CliRunner()
 SECTIONS = ["About the data", "Distributions", "Correlations", "Outliers", "Cleaning"]
@@ -194,8 +195,13 @@ def test_existing_out_is_kept_unless_overwrite(tmp_path: Path) -> None:
     result = runner.invoke(app, args)
     assert result.exit_code == 2 and "already exists" in result.output
     assert (out / "mine.txt").exists()
+    result = runner.invoke(app, [*args, "--overwrite"])  # not made by histoscan: never deleted
+    assert result.exit_code == 2 and "not made by histoscan" in result.output
+    assert (out / "mine.txt").exists()
+    (out / "mine.txt").unlink()
     assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0
-    assert sorted(p.name for p in out.iterdir()) == [
+    assert runner.invoke(app, [*args, "--overwrite"]).exit_code == 0  # an audit: replaced
+    assert sorted(p.name for p in out.iterdir() if p.name != MARKER) == [
         "audit.html",
         "audit.json",
         "clean_manifest.csv",
@@ -208,7 +214,7 @@ def test_a_failure_while_writing_leaves_nothing(tmp_path: Path, monkeypatch) -> 
     def broken(*args: object) -> str:
         raise DataError("simulated failure")
 
-    monkeypatch.setattr(audit_page, "render_page", broken)
+    monkeypatch.setattr(audit_run, "render_page", broken)
     with pytest.raises(DataError, match="simulated"):
         run_audit(open_source(tmp_path / "p"), tmp_path / "out", progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p"]
