@@ -17,14 +17,16 @@ from typer.testing import CliRunner
 from histoscan.cli import slide_cmd  # noqa: F401  (registers `histoscan slide`)
 from histoscan.cli.app import app
 from histoscan.errors import DataError, HistoscanError
+from histoscan.io import OutputError
 from histoscan.predict import Predictor
 from histoscan.slide.reader import open_slide
+from histoscan.slide.run import OUTPUTS as RUN_OUTPUTS
 from histoscan.slide.run import SlideSettings, analyse_reader, analyse_slide
 
 from .conftest import MARGIN, MODEL_MPP, Mosaic, write_pyramid
 
 runner = CliRunner()
-OUTPUTS = {"tiles.csv", "heatmap.png", "tumor.geojson", "summary.json"}
+OUTPUTS = {*RUN_OUTPUTS, ".histoscan"}
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +171,8 @@ def test_slide_without_tissue_gives_an_explicit_empty_result(
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["tiles_scored"] == 0 and summary["max_p_tumor"] is None
     assert json.loads((tmp_path / "out" / "tumor.geojson").read_text())["features"] == []
+    assert (tmp_path / "out" / "lesions.csv").read_text() == ""
+    assert summary["slide_score_max"] is None and summary["tumor_area_mm2"] == 0
 
 
 def test_progress_callback_counts_tiles(
@@ -191,7 +195,7 @@ class FailingPredictor:
     def __init__(self, inner: Predictor) -> None:
         self.inner, self.calls = inner, 0
         self.spec, self.name, self.version = inner.spec, inner.name, inner.version
-        self.threshold = inner.threshold
+        self.threshold, self.describe = inner.threshold, inner.describe
 
     def predict_proba(self, images: np.ndarray, tta: str = "none") -> np.ndarray:
         self.calls += 1
@@ -216,8 +220,15 @@ def test_output_folder_must_be_new_or_empty(
     (tmp_path / "empty").mkdir()
     analyse_slide(exact_tiff, tmp_path / "empty", predictor, progress=False)
     assert {p.name for p in (tmp_path / "empty").iterdir()} == OUTPUTS
-    with pytest.raises(DataError, match="not an empty folder"):
+    before = (tmp_path / "empty" / "summary.json").read_text()
+    with pytest.raises(OutputError, match="already exists"):
         analyse_slide(exact_tiff, tmp_path / "empty", predictor, progress=False)
+    assert (tmp_path / "empty" / "summary.json").read_text() == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("a user's own file")
+    with pytest.raises(OutputError, match="not made by histoscan"):
+        analyse_slide(exact_tiff, tmp_path / "mine", predictor, progress=False, overwrite=True)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "a user's own file"
 
 
 @pytest.mark.parametrize(

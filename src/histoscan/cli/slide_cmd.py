@@ -1,4 +1,4 @@
-"""``histoscan slide``: a tumour heatmap, tile scores and QuPath annotations for one slide."""
+"""``histoscan slide``: tumour heatmaps, tile scores, lesions and QuPath annotations for slides."""
 
 from __future__ import annotations
 
@@ -8,15 +8,32 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
+from histoscan.cli.options import BatchSizeOpt, DeviceOpt, EngineOpt, ModelOpt, QuietOpt, TtaOpt
 
 
 @command("slide")
 def slide(
-    slide: Annotated[Path, typer.Argument(help="Slide: SVS, NDPI, MRXS, TIFF, PNG, JPEG, ...")],
-    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder to create.")],
-    model: Annotated[
-        Path | None, typer.Option("--model", "-m", help="Model file (default: bundled).")
-    ] = None,
+    slides: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Slides (SVS, NDPI, MRXS, TIFF, PNG, ...), folders of slides, or .txt/.csv "
+            "files listing them.",
+            metavar="SLIDE...",
+        ),
+    ],
+    out: Annotated[
+        Path,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder: one slide's outputs, or DIR/<stem>/ per slide + slides.csv.",
+            metavar="DIR",
+        ),
+    ],
+    model: ModelOpt = None,
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 256,
     mpp: Annotated[
         float | None,
         typer.Option(
@@ -29,30 +46,72 @@ def slide(
             help="Grid step in pixels at the model's resolution (default: the patch size)."
         ),
     ] = None,
-    tta: Annotated[str, typer.Option(help="Test-time augmentation: none, flip or d4.")] = "none",
+    tta: TtaOpt = "none",
     threshold: Annotated[
         str | None,
         typer.Option(
             help="Tumour threshold: a probability, 'youden' or 'sens:0.95' (default: the model's)."
         ),
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Tiles read and scored together.")] = 256,
-    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    min_tissue: Annotated[
+        float,
+        typer.Option(help="Score a tile when at least this fraction of it is tissue."),
+    ] = 0.1,
+    executor: Annotated[
+        str, typer.Option(help="local (this process) or ray (Ray Data, an actor pool).")
+    ] = "local",
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster to join: 'auto' or ray://HOST:10001 (default: a local Ray).",
+            metavar="ADDRESS",
+        ),
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Redo slides whose outputs exist (default: skip them).")
+    ] = False,
+    quiet: QuietOpt = False,
 ) -> None:
-    """Score every tissue tile; write tiles.csv, heatmap.png, tumor.geojson and summary.json."""
+    """Score every tissue tile; write tiles.csv, heatmap.png, tumor.geojson, lesions.csv and
+    summary.json per slide (and slides.csv for several). Exit 1 if any slide failed."""
     from histoscan.predict import Predictor
-    from histoscan.slide.run import analyse_slide
+    from histoscan.slide.batch import run_slides
+    from histoscan.slide.run import SlideSettings
 
-    predictor = Predictor.load(model, batch_size=batch_size)
-    summary = analyse_slide(
-        slide,
-        out,
-        predictor,
+    predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
+    settings = SlideSettings(
         mpp=mpp,
         stride_px=stride_px,
         tta=tta,
         threshold=None if threshold is None else predictor.threshold(threshold),
         batch_size=batch_size,
-        progress=not quiet,
+        min_tissue=min_tissue,
     )
-    typer.echo(f"{summary['message']}\nwritten to {out}")
+    results = run_slides(
+        slides,
+        out,
+        predictor,
+        settings,
+        executor=executor,
+        overwrite=overwrite,
+        progress=not quiet,
+        ray_options={"address": ray_address, "model": model, "engine": engine, "device": device},
+    )
+    if len(results) == 1:
+        [result] = results
+        if result.status == "skipped":
+            typer.echo(f"skipped: {out} already holds this slide's outputs (--overwrite redoes it)")
+        else:
+            typer.echo(f"{result.summary['message']}\nwritten to {out}")
+        return
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    for r in results:
+        if r.status == "failed":
+            typer.secho(f"failed: {r.slide}: {r.error}", fg="red", err=True)
+    typer.echo(
+        f"{len(results)} slides: {counts['done']} done, {counts['skipped']} skipped "
+        f"(outputs complete for this model and settings), {counts['failed']} failed\n"
+        f"written to {out} (slides.csv)"
+    )
+    if counts["failed"]:
+        raise typer.Exit(1)

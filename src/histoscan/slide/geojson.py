@@ -132,7 +132,6 @@ def tumor_features(probs: np.ndarray, threshold: float, plan: TilePlan) -> list[
     """
     scored = np.isfinite(probs)
     positive = scored & (np.where(scored, probs, 0.0) >= threshold)
-    cell_um = plan.stride_l0 * plan.mpp0
     features = []
     for k, (region, rings) in enumerate(mask_polygons(positive), start=1):
         coords = [[_to_level0(x, y, plan) for x, y in ring] for ring in rings]
@@ -147,7 +146,7 @@ def tumor_features(probs: np.ndarray, threshold: float, plan: TilePlan) -> list[
                     "classification": dict(TUMOR_CLASS),
                     "isLocked": False,
                     "measurements": {
-                        "area_mm2": round(float(region.sum()) * cell_um**2 / 1e6, 6),
+                        "area_mm2": round(int(region.sum()) * cell_area_mm2(plan), 6),
                         "tiles": int(region.sum()),
                         "max_p_tumor": round(float(p.max()), 6),
                         "mean_p_tumor": round(float(p.mean()), 6),
@@ -156,6 +155,11 @@ def tumor_features(probs: np.ndarray, threshold: float, plan: TilePlan) -> list[
             }
         )
     return features
+
+
+def cell_area_mm2(plan: TilePlan) -> float:
+    """Area of one tile's stride cell in mm²: the unit of every tumour area histoscan reports."""
+    return (plan.stride_l0 * plan.mpp0 / 1000.0) ** 2
 
 
 def _to_level0(x: int, y: int, plan: TilePlan) -> list[float]:

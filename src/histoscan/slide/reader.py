@@ -47,6 +47,10 @@ MPP_RANGE = (0.05, 20.0)
 THUMBNAIL_READ_PX = 4096 * 4096  # read a level whole for a thumbnail only up to this many pixels
 
 
+class HeaderError(DataError):
+    """A slide whose header cannot be trusted (damaged, forged, or not an image we read)."""
+
+
 @runtime_checkable
 class SlideReader(Protocol):
     """What the slide pipeline needs from a slide, whatever the file format."""
@@ -167,6 +171,9 @@ def _more_levels(reader: OpenSlideReader, path: Path) -> SlideReader:
 
     try:
         tiff = TiffReader(path)
+    except HeaderError:
+        reader.close()  # OpenSlide would trust the header and size buffers from it
+        raise
     except DataError:
         return reader
     if tiff.level_count > reader.level_count:
@@ -299,6 +306,9 @@ class OpenSlideReader(BaseReader):
         return composite_on_white(np.asarray(region))
 
     def thumbnail(self, max_px: int) -> np.ndarray:
+        w, h = self.level_dimensions[-1]
+        if w * h > THUMBNAIL_READ_PX:  # OpenSlide would read the whole smallest level at once
+            return super().thumbnail(max_px)
         try:
             return np.asarray(self._slide.get_thumbnail((max_px, max_px)).convert("RGB"))
         except self._error as exc:

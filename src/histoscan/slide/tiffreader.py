@@ -8,9 +8,11 @@ cache and the region, whatever the file size.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 from histoscan.errors import DataError
 from histoscan.slide.reader import (
     BaseReader,
+    HeaderError,
     checked_mpp,
     composite_on_white,
     crop_padded,
@@ -55,12 +58,14 @@ class TiffReader(BaseReader):
 
         self.path = Path(path)
         try:
-            self._tif = tifffile.TiffFile(self.path)
-            pages = [level.keyframe for level in self._tif.series[0].levels]
+            with _quiet_tifffile():  # its warnings about a damaged file become our one error
+                self._tif = tifffile.TiffFile(self.path)
+                pages = [level.keyframe for level in self._tif.series[0].levels]
         except (tifffile.TiffFileError, OSError, ValueError, IndexError, KeyError) as exc:
             raise DataError(f"{path}: not a readable TIFF ({exc})") from exc
         try:
-            self._levels = _pyramid(pages, self.path)
+            with _quiet_tifffile():
+                self._levels = _pyramid(pages, self.path)
         except DataError:
             self._tif.close()
             raise
@@ -132,6 +137,17 @@ class TiffReader(BaseReader):
         self._tif.close()
 
 
+@contextlib.contextmanager
+def _quiet_tifffile() -> Iterator[None]:
+    logger = logging.getLogger("tifffile")
+    level = logger.level
+    logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _pyramid(pages: list[Any], path: Path) -> list[_Level]:
     """Check every level can be read, and drop those whose aspect ratio is not level 0's."""
     size = path.stat().st_size
@@ -139,7 +155,7 @@ def _pyramid(pages: list[Any], path: Path) -> list[_Level]:
     for i, page in enumerate(pages):
         problem = _page_problem(page, size)
         if problem:
-            raise DataError(f"{path}: level {i} {problem}")
+            raise HeaderError(f"{path}: level {i} {problem}")
         width, height = int(page.imagewidth), int(page.imagelength)
         if levels and abs(width / levels[0].width - height / levels[0].height) > 0.02 * (
             width / levels[0].width
@@ -163,6 +179,19 @@ def _page_problem(page: Any, file_size: int) -> str | None:
         return "stores colour planes separately (PlanarConfiguration 2), which is not supported"
     if page.samplesperpixel not in (1, 3, 4):
         return f"has {page.samplesperpixel} samples per pixel"
+    width, height = int(page.imagewidth), int(page.imagelength)
+    if page.is_tiled:
+        seg_h, seg_w = int(page.tilelength), int(page.tilewidth)
+    else:
+        seg_h, seg_w = max(1, min(int(page.rowsperstrip), height)), width
+    expected = -(-height // seg_h) * -(-width // seg_w)
+    if len(page.dataoffsets) != expected:
+        # a header that claims more pixels than the file holds (damaged or forged): checked
+        # here, before anything is sized from it
+        return (
+            f"claims {width}x{height} pixels but holds {len(page.dataoffsets)} of the "
+            f"{expected} tiles or strips they need (a damaged header)"
+        )
     ends = [o + c for o, c in zip(page.dataoffsets, page.databytecounts, strict=True) if c]
     if not ends:
         return "holds no image data"
@@ -177,8 +206,8 @@ def _level(page: Any, width: int, height: int, path: Path) -> _Level:
     else:
         seg_h, seg_w = min(int(page.rowsperstrip), height), width
     memmap = None
-    if page.is_memmappable:
-        shape = (height, width, page.samplesperpixel)
+    shape = (height, width, page.samplesperpixel)
+    if page.is_memmappable and page.dataoffsets[0] + int(np.prod(shape)) <= path.stat().st_size:
         memmap = np.memmap(path, dtype=np.uint8, mode="r", offset=page.dataoffsets[0], shape=shape)
     return _Level(page, width, height, seg_h, seg_w, -(-width // seg_w), memmap)
 

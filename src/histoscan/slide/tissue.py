@@ -1,16 +1,28 @@
-"""Where the tissue is, from a thumbnail: Otsu on saturation, then small specks and holes cleaned.
+"""Where the tissue is, from a thumbnail: colour or stain above fixed floors, then morphology.
 
-H&E tissue is coloured and the glass around it is white or grey, so saturation separates them
-better than brightness does (pale fat and dark debris both fool a grey-level threshold).
+A pixel is tissue when its HSV saturation or its optical density (OD = -log10(I / 255), the
+largest of the three channels) clears a floor. The floors sit just above glass and were tuned on
+the real PCam sample (../shared/data/pcam-real) at about 12 um per thumbnail pixel: with
+saturation >= 0.06 or OD >= 0.07, 0.5 % of tissue patches (>= 5 % stained pixels at full
+resolution) keep less than 10 % tissue, and 3 of the 53 glass-only patches are taken for tissue.
+A data-driven split (Otsu) was what lost pale stroma and fat before: on a slide that is mostly
+tissue it separates dark tissue from pale tissue, not tissue from glass.
+
+Then, as TIAToolbox's MorphologicalMasker does with a dilation sized in micrometres, a closing
+of a physical radius (fat cells and the gaps of loose stroma are tissue), removal of specks
+smaller than a fraction of a tile (dust), and filling of small holes.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# Otsu's threshold is clamped: glass sits below 0.05 saturation and stained tissue above about
-# 0.15, so an all-white view finds nothing and an all-tissue view keeps its pale half.
-SATURATION_RANGE = (0.05, 0.15)
+from histoscan.errors import DataError
+
+SATURATION_FLOOR = 0.06  # glass: below 0.03 in the real sample; pale eosin: 0.06-0.1
+OD_FLOOR = 0.07  # optical density of the densest channel: glass 0.02-0.06
+CLOSING_UM = 30.0  # closing radius: fat cells are 50-150 um across
+GREY_SPREAD = 3  # a colour slide has pixels whose channels differ by more than this
 
 
 def saturation(rgb: np.ndarray) -> np.ndarray:
@@ -21,23 +33,59 @@ def saturation(rgb: np.ndarray) -> np.ndarray:
     return np.divide(spread, top, out=np.zeros_like(top), where=top > 0)
 
 
-def tissue_mask(thumbnail: np.ndarray, min_object_px: int = 16) -> np.ndarray:
+def optical_density(rgb: np.ndarray) -> np.ndarray:
+    """The largest per-channel optical density -log10((I + 1) / 256) of uint8 (H, W, 3)."""
+    darkest = rgb.min(axis=-1).astype(np.float32)  # the densest channel transmits least
+    return -np.log10((darkest + 1.0) / 256.0)
+
+
+def tissue_mask(
+    thumbnail: np.ndarray,
+    min_object_px: int = 16,
+    closing_px: int = 0,
+) -> np.ndarray:
     """Boolean (H, W) tissue mask of a uint8 RGB thumbnail.
 
     Args:
         thumbnail: the slide, small enough to hold (a few thousand pixels a side).
-        min_object_px: specks of tissue up to this many thumbnail pixels are dropped, and holes
-            up to this size inside tissue are filled.
+        min_object_px: specks of tissue up to this many thumbnail pixels are dropped (dust), and
+            holes up to this size inside tissue are filled.
+        closing_px: radius in thumbnail pixels of the morphological closing (0: none).
     """
-    from skimage.filters import threshold_otsu
-    from skimage.morphology import remove_small_holes, remove_small_objects
+    from scipy.ndimage import binary_closing
+    from skimage.morphology import disk, remove_small_holes, remove_small_objects
 
-    sat = saturation(thumbnail)
-    if sat.size == 0 or float(sat.max()) <= SATURATION_RANGE[0]:
-        return np.zeros(sat.shape, dtype=bool)
-    threshold = float(np.clip(threshold_otsu(sat), *SATURATION_RANGE))
-    mask = sat > threshold
+    if thumbnail.size == 0:
+        return np.zeros(thumbnail.shape[:2], dtype=bool)
+    mask = (saturation(thumbnail) >= SATURATION_FLOOR) | (optical_density(thumbnail) >= OD_FLOOR)
+    if closing_px > 0 and mask.any():
+        # pad with background so the closing neither grows from nor shrinks at the border
+        padded = np.pad(mask, closing_px)
+        mask = binary_closing(padded, structure=disk(closing_px).astype(bool))[
+            closing_px:-closing_px, closing_px:-closing_px
+        ]
     if min_object_px > 0:
         mask = remove_small_objects(mask, max_size=min_object_px)
         mask = remove_small_holes(mask, max_size=min_object_px)
     return mask
+
+
+def closing_radius_px(thumb_mpp: float) -> int:
+    """The closing radius in thumbnail pixels of ``thumb_mpp`` micrometres."""
+    return round(CLOSING_UM / thumb_mpp) if thumb_mpp > 0 else 0
+
+
+def check_colour(thumbnail: np.ndarray, where: str) -> None:
+    """Refuse a grey-level slide: the model reads H&E colour, and tissue is found by it.
+
+    A slide is grey when every pixel's channels agree within GREY_SPREAD, yet some of it is
+    darker than glass (a blank slide is not an error: it has no tissue).
+    """
+    if thumbnail.size == 0:
+        return
+    spread = thumbnail.max(axis=-1).astype(np.int16) - thumbnail.min(axis=-1)
+    dark = optical_density(thumbnail) >= OD_FLOOR
+    if dark.mean() > 0.001 and (spread <= GREY_SPREAD).mean() > 0.999:
+        raise DataError(
+            f"{where}: a grey-level (one-channel) image; histoscan needs an RGB H&E slide"
+        )
