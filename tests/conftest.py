@@ -35,7 +35,7 @@ def untrained_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A histocnn model file with random weights: fast, for plumbing tests."""
     import torch
 
-    from histoscan.models.bundle import ModelFile, save_model_file
+    from histoscan.models.bundle import memory_model_file, save_model_file
     from histoscan.models.registry import create_model, model_spec
 
     torch.manual_seed(0)
@@ -43,6 +43,6 @@ def untrained_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("model") / "untrained.pt"
     save_model_file(
         path,
-        ModelFile(spec=spec, net=create_model("histocnn").eval(), card={"name": "untrained-test"}),
+        memory_model_file(spec, create_model("histocnn").eval(), card={"name": "untrained-test"}),
     )
     return path

@@ -17,8 +17,6 @@ from histoscan.errors import DataError, ModelError
 from histoscan.explain import (
     GradCAM,
     centre_fraction,
-    embed_features,
-    infer,
     map_embedding,
     mislabel_candidates,
     overlay,
@@ -26,8 +24,16 @@ from histoscan.explain import (
 )
 from histoscan.explain.gradcam import centre_box, with_centre_box
 from histoscan.explain.runs import select_cases
-from histoscan.models.bundle import ModelFile, load_model_file
+from histoscan.models.bundle import load_model_file, memory_model_file
 from histoscan.models.registry import ModelSpec, create_model, list_models, model_spec
+
+
+def torch_predictor(mf, batch_size: int = 256):  # type: ignore[no-untyped-def]
+    """A Predictor on the torch engine for an in-memory model file."""
+    from histoscan.models.torch_engine import TorchEngine
+    from histoscan.predict import Predictor
+
+    return Predictor(mf, TorchEngine(mf.inference_net(), "cpu", "fp32"), batch_size)
 
 
 def patches(n: int, seed: int = 0) -> np.ndarray:
@@ -49,17 +55,17 @@ def test_gradcam_maps_have_patch_shape_and_lie_in_unit_interval(untrained_model_
 @pytest.mark.parametrize("name", list_models())
 def test_gradcam_and_features_work_for_every_registered_architecture(name: str):
     torch.manual_seed(0)
-    mf = ModelFile(spec=model_spec(name), net=create_model(name).eval())
+    mf = memory_model_file(model_spec(name), create_model(name).eval())
     images = patches(2)
     check_maps(GradCAM(mf).explain(images), 2)
-    features = embed_features(mf, images)
+    features = torch_predictor(mf).infer(images, "none", features=True).features
     assert features.shape[0] == 2 and features.ndim == 2
     assert features.dtype == np.float32 and np.isfinite(features).all()
 
 
 def test_gradcam_resizes_maps_when_the_network_input_differs_from_the_patch():
     torch.manual_seed(0)
-    mf = ModelFile(spec=model_spec("histocnn", input_px=64), net=create_model("histocnn").eval())
+    mf = memory_model_file(model_spec("histocnn", input_px=64), create_model("histocnn").eval())
     check_maps(GradCAM(mf).explain(patches(2)), 2)
 
 
@@ -102,7 +108,7 @@ class CentreOnlyNet(nn.Module):
 
 
 def test_gradcam_of_a_centre_only_model_peaks_in_the_centre():
-    mf = ModelFile(spec=ModelSpec(name="centre-only", target_layer="mask"), net=CentreOnlyNet())
+    mf = memory_model_file(ModelSpec(name="centre-only", target_layer="mask"), CentreOnlyNet())
     maps = GradCAM(mf).explain(patches(4))
     check_maps(maps, 4)
     lo, hi = centre_box(96)
@@ -116,7 +122,7 @@ def test_gradcam_of_a_centre_only_model_peaks_in_the_centre():
 def test_gradcam_rejects_a_target_layer_the_model_lacks():
     spec = ModelSpec(name="centre-only", target_layer="no.such.layer")
     with pytest.raises(ModelError, match="no layer"):
-        GradCAM(ModelFile(spec=spec, net=CentreOnlyNet()))
+        GradCAM(memory_model_file(spec, CentreOnlyNet()))
 
 
 def test_gradcam_rejects_images_that_are_not_uint8_rgb(untrained_model_file: Path):
@@ -145,9 +151,9 @@ def test_centre_box_outline_is_drawn_on_the_enlarged_patch():
 def test_infer_matches_predictor_logits_with_tta(untrained_model_file: Path):
     from histoscan.predict import Predictor
 
-    predictor = Predictor.load(untrained_model_file)
+    predictor = Predictor.load(untrained_model_file, batch_size=2)
     images = patches(5)
-    result = infer(predictor.model_file, images, "d4", batch_size=2)
+    result = predictor.infer(images, "d4", features=True)
     assert result.logits.shape == (5, 8)
     np.testing.assert_allclose(
         result.logits.mean(axis=1), predictor.logits(images, "d4"), rtol=1e-4, atol=1e-4
@@ -159,7 +165,7 @@ def test_infer_matches_predictor_logits_with_tta(untrained_model_file: Path):
 
 def test_embedding_has_one_row_per_patch(untrained_model_file: Path):
     mf = load_model_file(untrained_model_file)
-    features = embed_features(mf, patches(7), batch=3)
+    features = torch_predictor(mf, batch_size=3).infer(patches(7), "none", features=True).features
     assert features.shape == (7, mf.net.num_features)
     for n in (2, 7):
         assert project_2d(features[:n]).shape == (n, 2)
@@ -339,8 +345,10 @@ def test_explain_handles_ids_that_are_not_file_names(untrained_model_file: Path,
         def read_raw(self, i: int) -> np.ndarray:
             return self.images[i]
 
+    from histoscan.predict import Predictor
+
     summary = run_explain(
-        load_model_file(untrained_model_file),
+        Predictor.load(untrained_model_file),
         InMemory(patches(4)),
         tmp_path / "out",
         ids=["train/1", "train/2"],

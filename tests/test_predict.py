@@ -1,4 +1,8 @@
-"""Prediction: TTA semantics, ONNX parity, the submission CSV, and bad input."""
+"""The inference door: TTA semantics, calibration arithmetic, engines, the CSV, and bad input.
+
+Expected values are computed here from first principles (the eight dihedral views written out,
+``sigmoid(mean_logit / T)`` by hand), never through the Predictor under test.
+"""
 
 from __future__ import annotations
 
@@ -13,46 +17,108 @@ from typer.testing import CliRunner
 
 from helpers import write_separable_folder
 from histoscan.cli import app
-from histoscan.models.bundle import ModelFile, load_model_file
-from histoscan.models.registry import model_spec
-from histoscan.predict import Predictor, export_onnx
+from histoscan.errors import DataError, ModelError
+from histoscan.models.bundle import load_model_file, memory_model_file
+from histoscan.models.export import export_onnx, quantize_onnx, recalibrate
+from histoscan.models.registry import ModelSpec, model_spec
+from histoscan.models.torch_engine import TorchEngine
+from histoscan.predict import Predictor
 
 runner = CliRunner()
+MEAN, STD = np.array(model_spec("histocnn").mean), np.array(model_spec("histocnn").std)
 
 
 class ColourMean(nn.Module):
-    """Logit from the mean colour only: invariant under every flip and rotation."""
+    """Logit = w . mean colour of the normalised input + b: invariant under every dihedral view."""
 
-    def __init__(self) -> None:
+    def __init__(self, weight: tuple[float, float, float] = (1.0, 0.0, 0.0), bias: float = 0.0):
         super().__init__()
         self.fc = nn.Linear(3, 1)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor([weight]))
+            self.fc.bias.fill_(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(x.mean(dim=(2, 3)))  # (B, 1)
 
 
-def test_tta_of_a_flip_invariant_model_changes_nothing() -> None:
-    torch.manual_seed(0)
-    predictor = Predictor(ModelFile(spec=model_spec("histocnn"), net=ColourMean().eval()))
-    images = np.random.default_rng(0).integers(0, 256, (5, 96, 96, 3), dtype=np.uint8)
+class LeftHalf(nn.Module):
+    """Logit = mean normalised red of the left half minus the right half: NOT view-invariant."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = x.shape[-1] // 2
+        return (x[:, 0, :, :w].mean(dim=(1, 2)) - x[:, 0, :, w:].mean(dim=(1, 2)))[:, None]
+
+
+def torch_predictor(net: nn.Module, temperature: float = 1.0, batch_size: int = 256) -> Predictor:
+    mf = memory_model_file(ModelSpec(name="histocnn"), net.eval(), temperature=temperature)
+    return Predictor(mf, TorchEngine(mf.inference_net(), "cpu", "fp32"), batch_size)
+
+
+def rng_patches(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
+
+
+def normalised_red(images: np.ndarray) -> np.ndarray:
+    """(N, H, W): the red channel as the network sees it, (x/255 - mean) / std."""
+    return (images[..., 0].astype(np.float64) / 255.0 - MEAN[0]) / STD[0]
+
+
+def test_probability_is_sigmoid_of_mean_view_logit_over_temperature() -> None:
+    images = rng_patches(6)
+    predictor = torch_predictor(ColourMean(bias=0.25), temperature=2.0, batch_size=4)
+    logit = normalised_red(images).mean(axis=(1, 2)) + 0.25  # by hand
+    expected = 1.0 / (1.0 + np.exp(-logit / 2.0))
+    np.testing.assert_allclose(predictor.logits(images, "none"), logit, atol=1e-5)
+    np.testing.assert_allclose(predictor.predict_proba(images, "d4"), expected, atol=1e-5)
+
+
+def test_d4_is_the_mean_over_the_eight_distinct_dihedral_views() -> None:
+    images = rng_patches(3, seed=1)
+    predictor = torch_predictor(LeftHalf(), batch_size=2)
+    red = normalised_red(images)  # (N, H, W)
+    views = []
+    for k in range(8):  # flip the width axis for k >= 4, then k % 4 quarter turns
+        v = red[:, :, ::-1] if k >= 4 else red
+        views.append(np.rot90(v, k % 4, axes=(1, 2)))
+    assert len({v.tobytes() for v in views}) == 8
+    per_view = np.stack(
+        [v[:, :, :48].mean(axis=(1, 2)) - v[:, :, 48:].mean(axis=(1, 2)) for v in views], 1
+    )
+    result = predictor.infer(images, "d4")
+    assert result.logits.shape == (3, 8)
+    np.testing.assert_allclose(result.logits, per_view, atol=1e-5)
+    np.testing.assert_allclose(
+        predictor.logits(images, "flip"), per_view[:, [0, 4]].mean(1), atol=1e-5
+    )
+    np.testing.assert_allclose(predictor.logits(images, "none"), per_view[:, 0], atol=1e-5)
+
+
+def test_tta_of_a_view_invariant_model_changes_nothing() -> None:
+    images = rng_patches(5)
+    predictor = torch_predictor(ColourMean(weight=(0.3, -0.2, 0.5)))
     none = predictor.predict_proba(images, tta="none")
     np.testing.assert_allclose(predictor.predict_proba(images, tta="flip"), none, atol=1e-6)
     np.testing.assert_allclose(predictor.predict_proba(images, tta="d4"), none, atol=1e-6)
 
 
-def test_d4_averages_the_eight_distinct_views(untrained_model_file: Path) -> None:
-    predictor = Predictor.load(untrained_model_file)
-    image = np.random.default_rng(1).integers(0, 256, (1, 96, 96, 3), dtype=np.uint8)
-    views = []
-    for k in range(8):
-        view = image[:, :, ::-1] if k >= 4 else image
-        views.append(np.ascontiguousarray(np.rot90(view, k % 4, axes=(1, 2))))
-    assert len({v.tobytes() for v in views}) == 8
-    manual = np.mean([predictor.logits(v, tta="none") for v in views])
-    np.testing.assert_allclose(predictor.logits(image, tta="d4"), [manual], rtol=1e-5)
+def test_bad_inputs_to_the_door_are_refused() -> None:
+    predictor = torch_predictor(ColourMean())
+    with pytest.raises(DataError):
+        predictor.infer(np.zeros((2, 96, 96), np.uint8), "none")
+    with pytest.raises(DataError):
+        predictor.infer(np.zeros((2, 96, 96, 3), np.float32), "none")
+    with pytest.raises(ValueError, match="TTA"):
+        predictor.infer(rng_patches(1), "d8")
+    with pytest.raises(ModelError, match="batch-size"):
+        Predictor(predictor.model_file, predictor.engine, batch_size=0)
+    with pytest.raises(ModelError, match="engine"):
+        Predictor.load(engine="tensorrt")
+    with pytest.raises(ModelError, match="device"):
+        Predictor.load(device="tpu")
 
 
-def test_onnx_engine_matches_torch(
+def test_onnx_engine_matches_torch_logits_and_features(
     untrained_model_file: Path, real_root: Path, tmp_path: Path
 ) -> None:
     from histoscan.data.sources import open_source
@@ -60,9 +126,81 @@ def test_onnx_engine_matches_torch(
     images = open_source(real_root / "train").read_many(range(64))
     onnx_path = tmp_path / "m.onnx"
     export_onnx(load_model_file(untrained_model_file), onnx_path)
-    torch_probs = Predictor.load(untrained_model_file).predict_proba(images)
-    onnx_probs = Predictor.load(onnx_path).predict_proba(images)
-    np.testing.assert_allclose(onnx_probs, torch_probs, atol=1e-4)
+    torch_fp32 = Predictor.load(untrained_model_file, engine="torch", precision="fp32")
+    torch_run = torch_fp32.infer(images, "flip", True)
+    onnx = Predictor.load(onnx_path)
+    assert onnx.describe()["engine"] == "onnx"
+    onnx_run = onnx.infer(images, "flip", True)
+    np.testing.assert_allclose(onnx_run.logits, torch_run.logits, atol=1e-4)
+    np.testing.assert_allclose(onnx_run.features, torch_run.features, atol=1e-4)
+    assert onnx_run.features.shape == (64, 256)
+
+
+def test_int8_sibling_is_auto_on_cpu_with_its_own_calibration(
+    untrained_model_file: Path, tmp_path: Path, real_root: Path
+) -> None:
+    from histoscan.data.sources import open_source
+
+    model = tmp_path / "m.pt"
+    model.write_bytes(untrained_model_file.read_bytes())
+    assert Predictor.load(model).describe()["engine"] == "torch"
+    source = open_source(real_root / "train")
+    images = source.read_many(range(96))
+    labels = source.labels[:96]
+    int8_bytes = recalibrate(
+        quantize_onnx(export_onnx(load_model_file(model)), images), images, labels
+    )
+    (tmp_path / "m.int8.onnx").write_bytes(int8_bytes)
+    int8 = Predictor.load(model)
+    run = int8.describe()
+    assert (run["engine"], run["precision"], run["calibrated_on"]) == (
+        "onnx-int8",
+        "int8",
+        "onnx-int8",
+    )
+    # the stored validation logits are the int8 engine's own, and T minimises their NLL
+    np.testing.assert_allclose(
+        int8.model_file.meta.val_logits, int8.logits(images, "d4"), atol=1e-9
+    )
+    z, y, t = int8.model_file.meta.val_logits, labels.astype(float), int8.temperature
+
+    def nll(temp: float) -> float:
+        s = z / temp
+        return float(np.mean(np.logaddexp(0, s) - y * s))
+
+    assert nll(t) <= min(nll(t * 0.9), nll(t * 1.1))
+    assert int8.torch_model_file().kind == "pt"  # Grad-CAM still has torch weights
+    torch_probs = Predictor.load(model, engine="torch", precision="fp32").predict_proba(images)
+    assert np.abs(int8.predict_proba(images) - torch_probs).max() < 0.1
+
+
+def test_a_stale_sibling_is_refused(untrained_model_file: Path, tmp_path: Path) -> None:
+    model = tmp_path / "m.pt"
+    model.write_bytes(untrained_model_file.read_bytes())
+    export_onnx(load_model_file(model), tmp_path / "m.onnx")
+    assert Predictor.load(model, engine="onnx").describe()["engine"] == "onnx"
+    model.write_bytes(model.read_bytes() + b"\0")  # the .pt changed after export
+    with pytest.raises(ModelError, match="another version"):
+        Predictor.load(model, engine="onnx")
+
+
+def test_threshold_rules_use_validation_data() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 200)
+    logits = labels * 2.0 + rng.normal(0, 1, 200)
+    mf = memory_model_file(
+        ModelSpec(name="histocnn"), ColourMean(), val_logits=logits, val_labels=labels
+    )
+    predictor = Predictor(mf, TorchEngine(mf.inference_net(), "cpu", "fp32"))
+    assert predictor.threshold() == 0.5
+    probs = 1 / (1 + np.exp(-logits))
+    sens = predictor.threshold("sens:0.95")
+    # the highest threshold keeping sensitivity >= 0.95: one step higher loses it
+    assert (probs[labels == 1] >= sens).mean() >= 0.95
+    assert (probs[labels == 1] > sens).mean() < 0.95
+    youden = predictor.threshold("youden")
+    j = [(probs[labels == 1] >= c).mean() - (probs[labels == 0] >= c).mean() for c in probs]
+    assert (probs[labels == 1] >= youden).mean() - (probs[labels == 0] >= youden).mean() == max(j)
 
 
 def test_predict_cli_writes_a_kaggle_submission(real_root: Path, tmp_path: Path) -> None:
@@ -92,54 +230,25 @@ def test_corrupt_image_is_named_and_no_csv_is_written(
     assert not out.exists() and not list(tmp_path.glob(".preds.csv*"))
 
 
-@pytest.mark.parametrize("case", ["not-a-model", "empty-folder", "missing-data"])
+@pytest.mark.parametrize("case", ["not-a-model", "empty-folder", "missing-data", "bad-device"])
 def test_bad_input_exits_2_with_one_line(
     case: str, tmp_path: Path, untrained_model_file: Path
 ) -> None:
     data = write_separable_folder(tmp_path / "data", n_per_class=2)
     model = untrained_model_file
+    extra: list[str] = []
     if case == "not-a-model":
         model = tmp_path / "model.pt"
         model.write_text("hello")
     elif case == "empty-folder":
         data = tmp_path / "empty"
         data.mkdir()
-    else:
+    elif case == "missing-data":
         data = tmp_path / "nowhere"
+    else:
+        extra = ["--device", "cuda:7"]
     out = tmp_path / "p.csv"
-    result = runner.invoke(app, ["predict", str(data), "-o", str(out), "-m", str(model)])
+    result = runner.invoke(app, ["predict", str(data), "-o", str(out), "-m", str(model), *extra])
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
-
-
-def test_threshold_rules_use_validation_data(untrained_model_file: Path) -> None:
-    mf = load_model_file(untrained_model_file)
-    rng = np.random.default_rng(0)
-    mf.val_labels = rng.integers(0, 2, 200)
-    mf.val_logits = mf.val_labels * 2.0 + rng.normal(0, 1, 200)
-    predictor = Predictor(mf)
-    assert predictor.threshold() == 0.5
-    sens = predictor.threshold("sens:0.95")
-    probs = 1 / (1 + np.exp(-mf.val_logits))
-    assert (probs[mf.val_labels == 1] >= sens).mean() >= 0.95
-    assert 0 < predictor.threshold("youden") < 1
-
-
-def test_auto_engine_prefers_exported_onnx_beside_the_model(
-    untrained_model_file: Path, tmp_path: Path, real_root: Path
-) -> None:
-    from histoscan.data.sources import open_source
-    from histoscan.predict import quantize_onnx
-
-    model = tmp_path / "m.pt"
-    model.write_bytes(untrained_model_file.read_bytes())
-    assert Predictor.load(model).engine == "torch"
-    fp32 = export_onnx(load_model_file(model), tmp_path / "m.onnx")
-    assert Predictor.load(model).engine == "onnx"
-    images = open_source(real_root / "train").read_many(range(64))
-    (tmp_path / "m.int8.onnx").write_bytes(quantize_onnx(fp32, images))
-    int8 = Predictor.load(model)
-    assert int8.engine == "onnx-int8" and int8.model_file.net is not None  # Grad-CAM still works
-    torch_probs = Predictor.load(model, engine="torch").predict_proba(images)
-    assert np.abs(int8.predict_proba(images) - torch_probs).max() < 0.05

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from helpers import make_patch, write_labels, write_patches
 from histoscan.data.sources import open_source
-from histoscan.models.bundle import ModelFile, save_model_file
+from histoscan.models.bundle import memory_model_file, save_model_file
 from histoscan.models.registry import create_model, model_spec
 from histoscan.report import SECTIONS, build_report, report_indices
 
@@ -91,9 +91,9 @@ def carded_model(tmp_path: Path, tiny_data: Path) -> Path:
     path = tmp_path / "run" / "model.pt"
     save_model_file(
         path,
-        ModelFile(
-            spec=model_spec("histocnn"),
-            net=create_model("histocnn").eval(),
+        memory_model_file(
+            model_spec("histocnn"),
+            create_model("histocnn").eval(),
             temperature=1.5,
             card=card,
         ),

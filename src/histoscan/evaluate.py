@@ -89,6 +89,29 @@ def compute_metrics(
     }
 
 
+def split_seen(predictor: Any, source: PatchSource, idx: np.ndarray) -> tuple[np.ndarray, int]:
+    """The held-out part of ``idx`` when it mixes held-out and training patches, and the count of
+    training patches; all of ``idx`` when every patch was seen in training (with a warning)."""
+    seen = predictor.model_file.meta.seen_in_training([source.ids[i] for i in idx])
+    n_seen = int(seen.sum())
+    if n_seen == 0:
+        return idx, 0
+    if n_seen == len(idx):
+        log.warning(
+            "warning: all %d patches were used to train this model; metrics will be optimistic",
+            n_seen,
+        )
+        return idx, n_seen
+    log.warning(
+        "warning: %d of %d patches were used to train this model; evaluating the %d held-out "
+        "patches only",
+        n_seen,
+        len(idx),
+        len(idx) - n_seen,
+    )
+    return idx[~seen], n_seen
+
+
 def evaluate_model(
     predictor: Any,
     source: PatchSource,
@@ -101,21 +124,27 @@ def evaluate_model(
 ) -> dict[str, Any]:
     """Predict labelled patches, write ``metrics.json``, plots and ``predictions.csv``.
 
-    Metrics are reported before (T = 1) and after temperature scaling; AUC is the same for
-    both since scaling is monotonic, calibration numbers differ.
+    Patches the model was trained on are left out when held-out ones are present (their count is
+    ``n_seen_in_training``). Metrics are reported before (T = 1) and after temperature scaling;
+    AUC is the same for both since scaling is monotonic, calibration numbers differ.
     """
     idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
     labels = source.labels[idx].astype(np.int64)
     if len(idx) == 0 or (labels < 0).any():
         raise DataError(f"{source.root}: evaluation needs labels for every patch")
+    idx, n_seen = split_seen(predictor, source, idx)
+    labels = source.labels[idx].astype(np.int64)
+    threshold = predictor.threshold(threshold_rule)  # a bad rule fails before the work
     logits = predictor.logits_source(source, tta, idx, progress, label="evaluate")
     probs_raw = sigmoid(logits)
     probs = sigmoid(logits / predictor.temperature)
-    threshold = predictor.threshold(threshold_rule)
     result = {
         "model": predictor.name,
+        "inference": predictor.describe(),
         "data": source.describe(),
-        "tta": tta,
+        "n_evaluated": len(idx),
+        "n_seen_in_training": n_seen,
+        "tta": str(tta),
         "temperature": predictor.temperature,
         "threshold_rule": str(threshold_rule if threshold_rule is not None else "stored"),
         "calibrated": compute_metrics(labels, probs, threshold, n_boot),
@@ -124,7 +153,6 @@ def evaluate_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result["plots"] = write_plots(out_dir, labels, probs, probs_raw, result["calibrated"])
-    atomic_write(out_dir / "metrics.json", json.dumps(result, indent=2))
     from histoscan.predict import write_predictions
 
     write_predictions(
@@ -133,7 +161,8 @@ def evaluate_model(
         probs,
         extra={"true_label": labels.tolist()},
     )
-    return {**result, "probs": probs, "labels": labels, "logits": logits}
+    atomic_write(out_dir / "metrics.json", json.dumps(result, indent=2))  # last: marks complete
+    return {**result, "probs": probs, "labels": labels, "logits": logits, "indices": idx}
 
 
 def write_plots(

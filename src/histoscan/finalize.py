@@ -15,9 +15,16 @@ from torch import nn
 from histoscan.calibration import fit_temperature
 from histoscan.data.sources import PatchSource
 from histoscan.errors import DataError
-from histoscan.models.bundle import InferenceNet, ModelFile, load_model_file, save_model_file
-from histoscan.models.inference import tta_logits
+from histoscan.models.bundle import (
+    InferenceNet,
+    ModelFile,
+    load_model_file,
+    model_file_from_net,
+    save_model_file,
+)
+from histoscan.models.modelfile import ModelMeta, id_digest
 from histoscan.models.registry import ModelSpec, create_model, model_spec
+from histoscan.models.torch_engine import TorchEngine
 
 log = logging.getLogger(__name__)
 
@@ -29,19 +36,22 @@ def calibrate_and_save(
     val_indices: np.ndarray,
     card: dict[str, Any],
     out: Path,
+    train_ids: list[str] | None = None,
 ) -> ModelFile:
-    """D4-TTA logits on the validation split -> temperature, AUC in the card -> model file."""
+    """D4-TTA logits on the validation split -> temperature, AUC in the card -> model file.
+
+    The logits come from the torch engine in fp32 on the CPU, the engine a ``.pt`` file runs
+    on; exported ONNX graphs refit their own temperature (``models/export.py``).
+    """
     from sklearn.metrics import roc_auc_score
 
-    infer = InferenceNet(net, spec).eval()
-    images = val_source.read_many(val_indices)
+    from histoscan.predict import Predictor
+
     labels = val_source.labels[val_indices].astype(np.int64)
-    logits = np.concatenate(
-        [
-            tta_logits(infer, images[i : i + 256], "d4", torch.device("cpu"), precision="32")
-            for i in range(0, len(images), 256)
-        ]
-    )
+    meta = ModelMeta(spec=replace(spec), card=card)
+    engine = TorchEngine(InferenceNet(net, spec), "cpu", precision="fp32")
+    predictor = Predictor(model_file_from_net(meta, net), engine)
+    logits = predictor.logits_source(val_source, "d4", val_indices, progress=False)
     both = len(np.unique(labels)) == 2
     temperature = fit_temperature(logits, labels) if both else 1.0
     auc = float(roc_auc_score(labels, logits)) if both else float("nan")
@@ -51,18 +61,19 @@ def calibrate_and_save(
         "temperature": round(temperature, 4),
         "val_ids": [val_source.ids[i] for i in val_indices],
     }
-    mf = ModelFile(
+    meta = ModelMeta(
         spec=replace(spec),
-        net=net,
         temperature=temperature,
         threshold=0.5,
         val_logits=logits,
         val_labels=labels,
         card=card,
+        train_digest=id_digest(train_ids or []),
+        calibrated_on="torch",
     )
-    save_model_file(out, mf)
+    save_model_file(out, meta, net)
     log.info("validation AUC (D4 TTA) %.4f, temperature %.3f -> %s", auc, temperature, out)
-    return mf
+    return model_file_from_net(meta, net, out)
 
 
 def build_ensemble(
@@ -82,7 +93,7 @@ def build_ensemble(
     spec = replace(model_spec("histocnn_ensemble"), kwargs={"n_members": len(members)})
     net = create_model(spec.name, **spec.kwargs)
     for slot, mf in zip(net.members, members, strict=True):
-        slot.load_state_dict(mf.net.state_dict())
+        slot.load_state_dict(mf.torch_net().state_dict())
     position = {key: i for i, key in enumerate(source.ids)}
     missing = [k for k in val_ids[0] if k not in position]
     if missing:
@@ -100,7 +111,9 @@ def build_ensemble(
         "machine": describe_machine(),
         **(extra_card or {}),
     }
-    return calibrate_and_save(net.eval(), spec, source, indices, card, out)
+    seen = np.any([mf.meta.seen_in_training(source.ids) for mf in members], axis=0)
+    train_ids = [source.ids[i] for i in np.flatnonzero(seen)]
+    return calibrate_and_save(net.eval(), spec, source, indices, card, out, train_ids)
 
 
 def describe_machine() -> str:

@@ -1,18 +1,23 @@
-"""Prediction: ``Predictor.load(path)`` gives calibrated tumour probabilities with TTA.
+"""The one inference door: ``Predictor.load(path)`` runs a model on uint8 patches, with TTA.
 
-Two engines compute the same function: ``torch`` (eager, channels_last) and ``onnx``
-(onnxruntime on an exported graph that includes the preprocessing). Probabilities are
-``sigmoid(mean_view_logit / T)`` with T the temperature fitted on the validation split.
+Every command that runs the network (predict, evaluate, calibration, explain, embed, report,
+slide, serve) goes through a ``Predictor``; an ``Engine`` (``models/engines.py``) does the
+arithmetic. Probabilities are ``sigmoid(mean_view_logit / T)``, with T the temperature fitted on
+the validation logits of the same engine (``describe()["calibrated_on"]`` names it).
+
+Nothing here imports torch: on the CPU the default engine is the int8 ONNX sibling of the model
+file, which needs only onnxruntime.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
-import json
 import logging
-import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,84 +25,148 @@ import numpy as np
 
 from histoscan.calibration import resolve_threshold, sigmoid
 from histoscan.data.sources import PatchSource
-from histoscan.data.transforms import tta_views
-from histoscan.errors import ModelError
+from histoscan.data.views import dihedral_hwc, tta_views
+from histoscan.errors import DataError, ModelError
 from histoscan.io import atomic_write
-from histoscan.models.bundle import ModelFile, load_model_file
+from histoscan.models.engines import ENGINES, Engine, OnnxEngine, resolve_device
+from histoscan.models.modelfile import (
+    ModelFile,
+    bundled_model_path,
+    load_model_file,
+    onnx_meta_from_props,
+    sibling,
+)
 from histoscan.models.registry import ModelSpec
 from histoscan.progress import progress_bar
 
 log = logging.getLogger(__name__)
-ENGINES = ("torch", "onnx", "onnx-int8")
-ONNX_META_KEY = "histoscan"
+READ_AHEAD_BATCHES = 4  # patches decoded per read, in batches: the next read overlaps the model
 
 
-def _rot_hwc(images: np.ndarray, k: int) -> np.ndarray:
-    """Dihedral view ``k`` of (N, H, W, 3) patches, matching transforms.dihedral on CHW."""
-    if k >= 4:
-        images = images[:, :, ::-1]
-    return np.ascontiguousarray(np.rot90(images, k % 4, axes=(1, 2)))
+@dataclass
+class Inference:
+    """Raw logits per TTA view and, when asked, the identity view's pre-logit features."""
+
+    logits: np.ndarray  # (N, V) float64, before temperature scaling; view 0 is the identity
+    features: np.ndarray  # (N, D) float32; D = 0 when features were not asked for
+
+    def mean_logits(self, tta: bool = True) -> np.ndarray:
+        """(N,): the mean over views, or the identity view only."""
+        return self.logits.mean(axis=1) if tta else self.logits[:, 0]
+
+    def probs(self, temperature: float, tta: bool = True) -> np.ndarray:
+        """Calibrated tumour probabilities (N,)."""
+        return sigmoid(self.mean_logits(tta) / temperature)
 
 
 class Predictor:
-    """Calibrated probabilities for uint8 patches (N, 96, 96, 3), batched, with TTA."""
+    """Calibrated tumour probabilities for uint8 patches (N, H, W, 3), batched, with TTA.
+
+    Args:
+        model_file: the model's metadata (temperature, threshold, spec) and where it lives.
+        engine: what runs the network; its calibration must be the model file's.
+        batch_size: patches per engine call (per TTA view).
+    """
 
     def __init__(
         self,
-        mf: ModelFile,
-        engine: str = "torch",
+        model_file: ModelFile,
+        engine: Engine,
         batch_size: int = 256,
-        onnx_path: Path | None = None,
-        label: str | None = None,
+        torch_path: Path | None = None,
     ) -> None:
-        if engine not in ("torch", "onnx"):
-            raise ModelError(f"unknown engine {engine!r}")
-        self.model_file = mf
-        self.engine = label or engine  # what ran: torch, onnx or onnx-int8
+        if batch_size < 1:
+            raise ModelError(f"--batch-size must be at least 1, not {batch_size}")
+        self.model_file = model_file
+        self.engine = engine
         self.batch_size = batch_size
-        self._net: Any = None
-        self._session: Any = None
-        if engine == "torch":
-            import torch
-
-            self._net = mf.inference_net().to(memory_format=torch.channels_last)
-        else:
-            self._session = _onnx_session(onnx_path, mf)
+        # the .pt file behind an exported sibling: Grad-CAM needs its torch weights
+        self.torch_path = torch_path or (model_file.path if model_file.kind == "pt" else None)
 
     @classmethod
     def load(
-        cls, path: str | Path | None = None, engine: str | None = None, batch_size: int = 256
+        cls,
+        path: str | Path | None = None,
+        engine: str | None = "auto",
+        device: str = "auto",
+        batch_size: int = 256,
+        precision: str = "auto",
     ) -> Predictor:
-        """Load a .pt model file or an exported .onnx file.
+        """Open a model file (``.pt`` or exported ``.onnx``; None = the bundled model).
 
-        Engines: ``torch``; ``onnx`` (fp32, the exported sibling ``<stem>.onnx`` or an
-        in-memory export); ``onnx-int8`` (the sibling ``<stem>.int8.onnx``); ``auto`` (the
-        default: the int8 sibling where it exists, 2.6x faster than eager torch on a 2-core CPU,
-        else the fp32 sibling, else torch).
+        Engines: ``torch``; ``onnx`` (the fp32 sibling ``<stem>.onnx``, or an in-memory
+        export); ``onnx-int8`` (the sibling ``<stem>.int8.onnx``); ``auto``: on a GPU the torch
+        engine (bf16, channels_last), on the CPU the int8 sibling where it exists (2.9x eager
+        torch on a 2-core Xeon), else the fp32 sibling, else torch.
         """
         engine = engine or "auto"
         if engine not in (*ENGINES, "auto"):
             raise ModelError(f"unknown engine {engine!r}; choose from auto, {', '.join(ENGINES)}")
-        path = Path(path) if path is not None else None
-        if path is not None and path.suffix == ".onnx":
-            mf = load_onnx_model_file(path)
-            return cls(mf, engine="onnx", batch_size=batch_size, onnx_path=path)
-        mf = load_model_file(path)
-        assert mf.path is not None
-        int8 = mf.path.with_name(mf.path.stem + ".int8.onnx")
-        fp32 = mf.path.with_suffix(".onnx")
+        device = resolve_device(device)
+        path = Path(path) if path is not None else bundled_model_path()
+        if not path.is_file():
+            raise ModelError(f"{path}: no such model file")
+        if path.suffix.lower() == ".onnx":
+            if engine == "torch":
+                raise ModelError(f"{path}: an ONNX file runs on onnx engines, not torch")
+            return cls._from_onnx(path, device, batch_size, expect=engine)
         if engine == "auto":
-            engine = "onnx-int8" if int8.is_file() else "onnx" if fp32.is_file() else "torch"
-        if engine == "onnx-int8":
-            if not int8.is_file():
+            engine = _auto_engine(path, device)
+        if engine != "torch":
+            graph = sibling(path, engine)
+            if graph.is_file():
+                return cls._from_onnx(graph, device, batch_size, expect=engine, source=path)
+            if engine == "onnx-int8":
                 raise ModelError(
-                    f"{int8}: no int8 model; make one with "
-                    "`histoscan export-onnx --int8 --calibration DATA`"
+                    f"{graph}: no int8 model; make one with "
+                    f"`histoscan export-onnx --model {path} --int8 --calibration DATA`"
                 )
-            return cls(mf, engine="onnx", batch_size=batch_size, onnx_path=int8, label="onnx-int8")
-        onnx_path = fp32 if engine == "onnx" and fp32.is_file() else None
-        return cls(mf, engine=engine, batch_size=batch_size, onnx_path=onnx_path)
+        return cls._from_pt(path, engine, device, batch_size, precision)
 
+    @classmethod
+    def _from_onnx(
+        cls, graph: Path, device: str, batch_size: int, expect: str, source: Path | None = None
+    ) -> Predictor:
+        if device != "cpu":
+            raise ModelError(
+                f"{graph}: ONNX engines run on the CPU; use --engine torch on {device}"
+            )
+        probe = OnnxEngine(graph, "onnx", "fp32")
+        meta, precision = onnx_meta_from_props(
+            dict(probe.session.get_modelmeta().custom_metadata_map), str(graph)
+        )
+        name = "onnx-int8" if precision == "int8" else "onnx"
+        if expect not in ("auto", name):
+            raise ModelError(f"{graph}: holds a {precision} graph, not what --engine {expect} runs")
+        if source is not None:
+            _check_sibling(graph, source, meta.card)
+        probe.name, probe.precision = name, precision
+        model_file = ModelFile(meta=meta, path=graph, kind="onnx", precision=precision)
+        return cls(model_file, probe, batch_size, torch_path=source)
+
+    @classmethod
+    def _from_pt(
+        cls, path: Path, engine: str, device: str, batch_size: int, precision: str
+    ) -> Predictor:
+        try:
+            model_file = load_model_file(path)
+            if engine == "onnx":  # no exported sibling: export in memory, same calibration
+                from histoscan.models.export import export_onnx
+
+                return cls(
+                    model_file, OnnxEngine(export_onnx(model_file), "onnx", "fp32"), batch_size
+                )
+            from histoscan.models.torch_engine import TorchEngine
+
+            net = model_file.inference_net()
+        except ImportError as exc:
+            raise ModelError(
+                f"{path}: the {engine} engine needs torch (pip install 'histoscan[train]'); "
+                "the default engine runs the int8 ONNX sibling without it"
+            ) from exc
+        return cls(model_file, TorchEngine(net, device, precision), batch_size)
+
+    # --- what the model is -------------------------------------------------------------------
     @property
     def spec(self) -> ModelSpec:
         return self.model_file.spec
@@ -108,45 +177,111 @@ class Predictor:
 
     @property
     def name(self) -> str:
-        return self.model_file.card.get("name") or self.spec.name
+        return self.model_file.name
 
     @property
     def version(self) -> str:
         return str(self.model_file.card.get("version", "0"))
 
+    def describe(self) -> dict[str, Any]:
+        """What ran: record it beside every number (metrics.json, summary.json, reports)."""
+        return {
+            "model": self.name,
+            "model_file": self.model_file.path.name,
+            "engine": self.engine.name,
+            "precision": self.engine.precision,
+            "device": self.engine.device,
+            "calibrated_on": self.model_file.meta.calibrated_on,
+            "temperature": round(float(self.temperature), 6),
+            "batch_size": self.batch_size,
+        }
+
     def threshold(self, rule: str | float | None = None) -> float:
         """The decision threshold: the stored one, or a rule resolved on validation data."""
         if rule is None:
             return self.model_file.threshold
-        mf = self.model_file
-        probs = None if mf.val_logits is None else sigmoid(mf.val_logits / mf.temperature)
+        meta = self.model_file.meta
+        has_val = len(meta.val_labels) > 0
         try:
-            return resolve_threshold(rule, probs, mf.val_labels)
+            return resolve_threshold(
+                rule, meta.val_probs if has_val else None, meta.val_labels if has_val else None
+            )
         except ValueError as exc:
             raise ModelError(str(exc)) from exc
 
-    def _forward(self, images: np.ndarray) -> np.ndarray:
-        """Raw logits (N,) of one view."""
-        if self._session is not None:
-            return self._session.run(None, {"images": images})[0].astype(np.float64)
-        import torch
+    def torch_model_file(self) -> ModelFile:
+        """The ``.pt`` model file with torch weights (Grad-CAM needs gradients, so torch)."""
+        if self.model_file.kind == "pt":
+            return self.model_file
+        if self.torch_path is None:
+            raise ModelError(
+                f"{self.model_file.path}: Grad-CAM needs the torch model file (.pt) beside it"
+            )
+        try:
+            return load_model_file(self.torch_path)
+        except ImportError as exc:
+            raise ModelError(
+                "Grad-CAM needs torch: install the train extra (pip install 'histoscan[train]')"
+            ) from exc
 
-        with torch.inference_mode():
-            return self._net(torch.from_numpy(images)).double().numpy()
+    # --- running it --------------------------------------------------------------------------
+    def infer(self, images: np.ndarray, tta: str = "d4", features: bool = False) -> Inference:
+        """Logits of every TTA view (N, V) and, when asked, identity-view features (N, D)."""
+        parts = list(self._batches(_check_images(images), tta, features))
+        return _concat(parts, len(tta_views(tta)))
+
+    def _batches(self, images: np.ndarray, tta: str, features: bool) -> Iterator[Inference]:
+        views = tta_views(tta)
+        for start in range(0, len(images), self.batch_size):
+            batch = np.ascontiguousarray(images[start : start + self.batch_size], dtype=np.uint8)
+            logits = np.empty((len(batch), len(views)), dtype=np.float64)
+            feats = np.zeros((len(batch), 0), dtype=np.float32)
+            for j, k in enumerate(views):
+                view = dihedral_hwc(batch, k) if k else batch
+                logits[:, j], out = self.engine.run(view, features=features and j == 0)
+                if j == 0:
+                    feats = out
+            yield Inference(logits=logits, features=feats)
 
     def logits(self, images: np.ndarray, tta: str = "d4") -> np.ndarray:
         """Mean logit over the TTA views, (N,), before temperature scaling."""
-        views = tta_views(tta)
-        out = np.empty(len(images), dtype=np.float64)
-        for start in range(0, len(images), self.batch_size):
-            batch = np.ascontiguousarray(images[start : start + self.batch_size], dtype=np.uint8)
-            total = sum(self._forward(_rot_hwc(batch, k) if k else batch) for k in views)
-            out[start : start + len(batch)] = total / len(views)
-        return out
+        return self.infer(images, tta).mean_logits()
 
     def predict_proba(self, images: np.ndarray, tta: str = "d4") -> np.ndarray:
         """Calibrated probability of tumour in the centre region, (N,)."""
         return sigmoid(self.logits(images, tta) / self.temperature)
+
+    def infer_source(
+        self,
+        source: PatchSource,
+        tta: str = "d4",
+        indices: Sequence[int] | None = None,
+        features: bool = False,
+        progress: bool = True,
+        label: str = "predict",
+    ) -> Inference:
+        """``infer`` over (a subset of) a source: the next patches decode in a thread while the
+        engine runs (onnxruntime and torch release the GIL), and the bar moves per batch."""
+        idx = np.arange(len(source)) if indices is None else np.asarray(indices, dtype=np.int64)
+        tta_views(tta)  # a bad mode fails before any reading
+        chunk = self.batch_size * READ_AHEAD_BATCHES
+        starts = range(0, len(idx), chunk)
+        parts: list[Inference] = []
+        with (
+            progress_bar(label, total=len(idx), show=progress, unit="patches") as bar,
+            ThreadPoolExecutor(1, thread_name_prefix="decode") as pool,
+        ):
+            pending = pool.submit(source.read_many, idx[:chunk]) if len(idx) else None
+            for start in starts:
+                assert pending is not None
+                images = pending.result()
+                after = start + chunk
+                if after < len(idx):
+                    pending = pool.submit(source.read_many, idx[after : after + chunk])
+                for part in self._batches(images, tta, features):
+                    parts.append(part)
+                    bar.advance(len(part.logits))
+        return _concat(parts, len(tta_views(tta)))
 
     def logits_source(
         self,
@@ -156,16 +291,8 @@ class Predictor:
         progress: bool = True,
         label: str = "predict",
     ) -> np.ndarray:
-        """Mean TTA logits for (a subset of) a source, read in chunks with a progress bar."""
-        idx = np.arange(len(source)) if indices is None else np.asarray(indices)
-        logits = np.empty(len(idx), dtype=np.float64)
-        chunk = self.batch_size * 4
-        with progress_bar(label, total=len(idx), show=progress, unit="patches") as bar:
-            for start in range(0, len(idx), chunk):
-                images = source.read_many(idx[start : start + chunk])
-                logits[start : start + len(images)] = self.logits(images, tta)
-                bar.advance(len(images))
-        return logits
+        """Mean TTA logits (N,) for (a subset of) a source."""
+        return self.infer_source(source, tta, indices, False, progress, label).mean_logits()
 
     def predict_source(
         self,
@@ -174,8 +301,51 @@ class Predictor:
         indices: Sequence[int] | None = None,
         progress: bool = True,
     ) -> np.ndarray:
-        """Calibrated probabilities for (a subset of) a source."""
+        """Calibrated probabilities (N,) for (a subset of) a source."""
         return sigmoid(self.logits_source(source, tta, indices, progress) / self.temperature)
+
+
+def _auto_engine(path: Path, device: str) -> str:
+    if device != "cpu":
+        return "torch"
+    for engine in ("onnx-int8", "onnx"):
+        if sibling(path, engine).is_file():
+            return engine
+    return "torch"
+
+
+def file_sha1(path: Path) -> str:
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sibling(graph: Path, source: Path, card: dict[str, Any]) -> None:
+    """An exported sibling must come from this very .pt file, not an older one."""
+    recorded = card.get("exported_from_sha1")
+    if recorded and recorded != file_sha1(source):
+        raise ModelError(
+            f"{graph}: exported from another version of {source.name}; re-export it with "
+            f"`histoscan export-onnx --model {source}` or delete it"
+        )
+
+
+def _check_images(images: np.ndarray) -> np.ndarray:
+    images = np.asarray(images)
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise DataError(f"expected uint8 patches (N, H, W, 3), got {images.dtype} {images.shape}")
+    return images
+
+
+def _concat(parts: list[Inference], n_views: int) -> Inference:
+    if not parts:
+        return Inference(np.zeros((0, n_views)), np.zeros((0, 0), dtype=np.float32))
+    return Inference(
+        logits=np.concatenate([p.logits for p in parts]),
+        features=np.concatenate([p.features for p in parts]),
+    )
 
 
 def write_predictions(
@@ -189,120 +359,3 @@ def write_predictions(
     for i, (key, p) in enumerate(zip(ids, probs, strict=True)):
         writer.writerow([key, f"{p:.6f}", *(col[i] for col in extra.values())])
     atomic_write(path, buf.getvalue())
-
-
-def export_onnx(mf: ModelFile, path: Path | None = None) -> bytes:
-    """Export uint8 (B, 96, 96, 3) -> logits (B,) with the model's metadata; write if ``path``."""
-    import onnx
-    import torch
-
-    net = mf.inference_net().float()
-    example = torch.zeros(2, mf.spec.patch_px, mf.spec.patch_px, 3, dtype=torch.uint8)
-    buf = io.BytesIO()
-    torch.onnx.export(
-        net,
-        (example,),
-        buf,
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
-        dynamo=False,
-    )
-    model = onnx.load_from_string(buf.getvalue())
-    meta = {
-        "spec": mf.spec.to_dict(),
-        "temperature": mf.temperature,
-        "threshold": mf.threshold,
-        "val_logits": None if mf.val_logits is None else [float(v) for v in mf.val_logits],
-        "val_labels": None if mf.val_labels is None else [int(v) for v in mf.val_labels],
-        "card": mf.card,
-    }
-    entry = model.metadata_props.add()
-    entry.key = ONNX_META_KEY
-    entry.value = json.dumps(meta)
-    data = model.SerializeToString()
-    if path is not None:
-        atomic_write(path, data)
-    return data
-
-
-def quantize_onnx(fp32_model: bytes, calibration_images: np.ndarray) -> bytes:
-    """Static int8 (QDQ, per-channel weights) quantization, calibrated on real uint8 patches.
-
-    The histoscan metadata (preprocessing, temperature) is carried over.
-    """
-    import onnx
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quant_pre_process,
-        quantize_static,
-    )
-
-    class Reader(CalibrationDataReader):
-        def __init__(self) -> None:
-            batches = [
-                calibration_images[i : i + 32] for i in range(0, len(calibration_images), 32)
-            ]
-            self._it = iter([{"images": np.ascontiguousarray(b, dtype=np.uint8)} for b in batches])
-
-        def get_next(self) -> dict[str, np.ndarray] | None:
-            return next(self._it, None)
-
-    with tempfile.TemporaryDirectory() as tmp:
-        src, pre, out = (Path(tmp) / n for n in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        src.write_bytes(fp32_model)
-        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-        quantize_static(
-            str(pre),
-            str(out),
-            Reader(),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            weight_type=QuantType.QInt8,
-            activation_type=QuantType.QUInt8,
-        )
-        model = onnx.load(str(out))
-    meta = {p.key: p.value for p in onnx.load_from_string(fp32_model).metadata_props}
-    del model.metadata_props[:]
-    for key, value in meta.items():
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
-    return model.SerializeToString()
-
-
-def load_onnx_model_file(path: Path) -> ModelFile:
-    """The ModelFile fields stored in an exported ONNX file (no torch weights)."""
-    import onnx
-
-    try:
-        model = onnx.load(str(path), load_external_data=False)
-    except Exception as exc:
-        raise ModelError(f"{path}: not an ONNX file ({type(exc).__name__})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    if ONNX_META_KEY not in props:
-        raise ModelError(f"{path}: not exported by histoscan (no preprocessing metadata)")
-    meta = json.loads(props[ONNX_META_KEY])
-    return ModelFile(
-        spec=ModelSpec.from_dict(meta["spec"]),
-        net=None,  # type: ignore[arg-type]
-        temperature=meta["temperature"],
-        threshold=meta["threshold"],
-        val_logits=None if meta["val_logits"] is None else np.asarray(meta["val_logits"]),
-        val_labels=None if meta["val_labels"] is None else np.asarray(meta["val_labels"]),
-        card=meta.get("card") or {},
-        path=path,
-    )
-
-
-def _onnx_session(path: Path | None, mf: ModelFile) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    source: Any = str(path) if path is not None else export_onnx(mf)
-    try:
-        return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
-    except Exception as exc:
-        raise ModelError(f"{path or 'exported model'}: onnxruntime cannot load it ({exc})") from exc

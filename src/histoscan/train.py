@@ -35,7 +35,7 @@ from histoscan.data.transforms import Augment
 from histoscan.errors import DataError
 from histoscan.finalize import calibrate_and_save, describe_machine
 from histoscan.models.bundle import InferenceNet
-from histoscan.models.inference import cpu_has_bf16
+from histoscan.models.engines import cpu_has_bf16
 from histoscan.models.registry import ModelSpec, create_model, model_spec
 
 log = logging.getLogger(__name__)
@@ -343,8 +343,9 @@ def finish_run(
         "torch": str(torch.__version__),
         "machine": describe_machine(),
     }
+    train_ids = [split.train.source.ids[int(i)] for i in split.train.indices]
     calibrate_and_save(
-        net, module.spec, split.val.source, split.val.indices, card, run_dir / "model.pt"
+        net, module.spec, split.val.source, split.val.indices, card, run_dir / "model.pt", train_ids
     )
     (run_dir / "summary.json").write_text(
         json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2)

@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
-from histoscan.cli.options import DataArg, LabelsOpt, ModelOpt, SplitOpt
+from histoscan.cli.options import (
+    BatchSizeOpt,
+    DataArg,
+    DeviceOpt,
+    EngineOpt,
+    LabelsOpt,
+    ModelOpt,
+    SplitOpt,
+)
 
 LimitOpt = Annotated[
     int | None, typer.Option(min=1, help="Use at most this many patches (random, seed 0).")
@@ -46,6 +54,9 @@ def explain(
     split: SplitOpt = None,
     limit: LimitOpt = None,
     tta: TtaOpt = "none",
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Grad-CAM of chosen patches, or of the most confident TP, TN, FP and FN.
@@ -54,13 +65,13 @@ def explain(
     OUT/explain.json (id, case, label, probability, share of the map inside the centre).
     """
     from histoscan.explain.runs import run_explain
-    from histoscan.models.bundle import load_model_file
+    from histoscan.predict import Predictor
 
     _check_tta(tta)
     wanted = [key.strip() for key in ids.split(",") if key.strip()] if ids else None
-    mf = load_model_file(model)
+    predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
     summary = run_explain(
-        mf,
+        predictor,
         _open(data, labels, split),
         out,
         ids=wanted,
@@ -84,6 +95,9 @@ def embed(
     limit: LimitOpt = None,
     tta: TtaOpt = "none",
     method: Annotated[str, typer.Option(help="2-D projection: umap or tsne.")] = "umap",
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Map patches by the model's features: UMAP, k-means clusters and mislabel candidates.
@@ -94,14 +108,14 @@ def embed(
     from histoscan.errors import HistoscanError
     from histoscan.explain.embedding import PROJECTIONS
     from histoscan.explain.runs import run_embed
-    from histoscan.models.bundle import load_model_file
+    from histoscan.predict import Predictor
 
     _check_tta(tta)
     if method not in PROJECTIONS:
         raise HistoscanError(f"unknown --method {method!r}; choose from {', '.join(PROJECTIONS)}")
-    mf = load_model_file(model)
+    predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
     summary = run_embed(
-        mf,
+        predictor,
         _open(data, labels, split),
         out,
         n_clusters=clusters,
@@ -131,10 +145,13 @@ def report(
     audit: Annotated[Path | None, typer.Option(help="audit.json to summarise.")] = None,
     limit: LimitOpt = None,
     tta: Annotated[str, typer.Option(help="TTA for the metrics: none, flip or d4.")] = "d4",
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """One self-contained HTML page: training, metrics with CIs, calibration, errors, embedding."""
-    from histoscan.models.bundle import bundled_model_path
+    from histoscan.models.modelfile import bundled_model_path
     from histoscan.report import build_report
 
     _check_tta(tta)
@@ -146,6 +163,9 @@ def report(
         limit=limit,
         tta=tta,
         progress=not quiet,
+        engine=engine,
+        device=device,
+        batch_size=batch_size,
     )
     typer.echo(
         f"report on {summary['n_eval']} evaluated / {summary['n_mapped']} mapped patches "

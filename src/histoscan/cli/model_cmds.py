@@ -8,7 +8,15 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
-from histoscan.cli.options import DataArg, LabelsOpt, ModelOpt, SplitOpt
+from histoscan.cli.options import (
+    BatchSizeOpt,
+    DataArg,
+    DeviceOpt,
+    EngineOpt,
+    LabelsOpt,
+    ModelOpt,
+    SplitOpt,
+)
 
 
 @command("train")
@@ -122,7 +130,9 @@ def evaluate(
     ] = "all",
     tta: TtaOpt = "d4",
     threshold: Annotated[str | None, typer.Option(help="0.5, youden or sens:0.95.")] = None,
-    engine: Annotated[str, typer.Option(help="auto, torch, onnx or onnx-int8.")] = "auto",
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Metrics with a bootstrap CI, calibration before/after temperature scaling, and plots."""
@@ -133,14 +143,18 @@ def evaluate(
     from histoscan.evaluate import evaluate_model
     from histoscan.predict import Predictor
 
-    predictor = Predictor.load(model, engine=engine)
+    predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
     source = open_source(data, labels=labels, split=split)
     source.require_clean(need_labels=True)
     idx = _subset_indices(source, predictor.model_file, subset)
     result = evaluate_model(
         predictor, source, idx, out, tta=tta, threshold_rule=threshold, progress=not quiet
     )
-    table = Table(title=f"{predictor.name} on {len(idx)} patches ({subset}), TTA {tta}")
+    run = predictor.describe()
+    table = Table(
+        title=f"{predictor.name} on {result['n_evaluated']} patches ({subset}), TTA {tta}, "
+        f"{run['engine']} {run['precision']} on {run['device']}"
+    )
     table.add_column("metric")
     table.add_column("calibrated", justify="right")
     table.add_column("before T", justify="right")
@@ -161,8 +175,9 @@ def predict(
     labels: LabelsOpt = None,
     split: SplitOpt = None,
     tta: TtaOpt = "d4",
-    engine: Annotated[str, typer.Option(help="auto, torch, onnx or onnx-int8.")] = "auto",
-    batch_size: Annotated[int, typer.Option()] = 256,
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
+    batch_size: BatchSizeOpt = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Tumour probabilities in Kaggle's submission format (id,label = probability)."""
@@ -170,7 +185,7 @@ def predict(
     from histoscan.errors import DataError
     from histoscan.predict import Predictor, write_predictions
 
-    predictor = Predictor.load(model, engine=engine, batch_size=batch_size)
+    predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
     source = open_source(data, labels=labels, split=split)
     if len(source) == 0:
         raise DataError(f"{data}: no patches found")
@@ -189,30 +204,50 @@ def export_onnx_cmd(
     int8: Annotated[
         bool, typer.Option(help="Static int8 quantization (needs --calibration).")
     ] = False,
-    calibration: Annotated[Path | None, typer.Option(help="Patches to calibrate int8 on.")] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(
+            help="Patches to calibrate int8 on; when they include the model's validation ids, "
+            "the graph also refits its temperature on its own validation logits."
+        ),
+    ] = None,
     calibration_size: Annotated[int, typer.Option(help="How many calibration patches.")] = 512,
 ) -> None:
     """Export a model (preprocessing and calibration included) to ONNX for onnxruntime.
 
     Save it beside the model as <stem>.onnx (fp32) or <stem>.int8.onnx and `predict --engine`
-    picks it up; `auto` uses the int8 file when present.
+    picks it up; `auto` uses the int8 file when present on a CPU.
     """
     import numpy as np
 
     from histoscan.data.sources import atomic_write_bytes, open_source
     from histoscan.errors import DataError
     from histoscan.models.bundle import load_model_file
-    from histoscan.predict import export_onnx, quantize_onnx
+    from histoscan.models.export import export_onnx, quantize_onnx, recalibrate
 
-    data = export_onnx(load_model_file(model))
+    mf = load_model_file(model)
+    data = export_onnx(mf)
+    source = None
     if int8:
         if calibration is None:
             raise DataError("--int8 needs --calibration DATA (a few hundred real patches)")
         source = open_source(calibration)
         pick = np.random.default_rng(0).permutation(len(source))[:calibration_size]
         data = quantize_onnx(data, source.read_many(np.sort(pick)))
+    elif calibration is not None:
+        source = open_source(calibration)
+    note = ""
+    if source is not None:
+        position = {key: i for i, key in enumerate(source.ids)}
+        val_ids = mf.card.get("val_ids") or []
+        found = [position[k] for k in val_ids if k in position]
+        if val_ids and len(found) == len(val_ids) and (source.labels[found] >= 0).all():
+            data = recalibrate(data, source.read_many(found), source.labels[found])
+            note = ", temperature refitted on its own validation logits"
+        else:
+            note = ", temperature kept from the torch model (validation ids not in --calibration)"
     atomic_write_bytes(output, data)
-    typer.echo(f"ONNX model written to {output}" + (" (int8)" if int8 else ""))
+    typer.echo(f"ONNX model written to {output}" + (" (int8" if int8 else " (fp32") + note + ")")
 
 
 @command("models")

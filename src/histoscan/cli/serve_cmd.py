@@ -11,6 +11,7 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
+from histoscan.cli.options import DeviceOpt, EngineOpt
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,8 @@ def serve(
             show_envvar=True,
         ),
     ] = None,
-    engine: Annotated[
-        str | None,
-        typer.Option(
-            help="auto (default: an exported ONNX beside the model), torch, onnx, onnx-int8."
-        ),
-    ] = None,
+    engine: EngineOpt = "auto",
+    device: DeviceOpt = "auto",
     max_upload_mb: Annotated[float, typer.Option(min=0.001, help="Largest request body.")] = 1024.0,
     resize: Annotated[
         bool, typer.Option(help="Accept patches of other sizes, resized to 96.")
@@ -66,7 +63,7 @@ def serve(
         raise HistoscanError("--token is empty; give a token or leave the option out")
     if tta not in TTA_VIEWS:
         raise HistoscanError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_VIEWS)}")
-    predictor = Predictor.load(model, engine=engine or "auto")
+    predictor = Predictor.load(model, engine=engine, device=device, batch_size=max_batch)
     settings = ServeSettings(
         token=token, max_upload_mb=max_upload_mb, resize=resize, tta=tta, max_batch=max_batch
     )
@@ -80,8 +77,10 @@ def serve(
             err=True,
         )
     shown = f"[{host}]" if ":" in host else host
+    run = predictor.describe()
     typer.echo(
-        f"histoscan: {predictor.name} v{predictor.version} ({predictor.engine}, TTA {tta}) "
+        f"histoscan: {predictor.name} v{predictor.version} "
+        f"({run['engine']} {run['precision']} on {run['device']}, TTA {tta}) "
         f"on http://{shown}:{port}/  (API docs at /docs)"
     )
     uvicorn.run(app, host=host, port=port, log_level="info", timeout_graceful_shutdown=10)

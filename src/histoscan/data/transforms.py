@@ -21,7 +21,6 @@ RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
 
-
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """The k-th of the 8 dihedral transforms (k in 0..7) on the last two (square) dimensions.
 

@@ -7,12 +7,12 @@ The eight dihedral transforms of a square patch, as numpy views of (N, H, W, 3) 
 
 from __future__ import annotations
 
-from enum import Enum
+from enum import StrEnum
 
 import numpy as np
 
 
-class Tta(str, Enum):
+class Tta(StrEnum):
     """Test-time augmentation: the identity, identity + horizontal flip, or all 8 dihedral views."""
 
     none = "none"

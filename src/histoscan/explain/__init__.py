@@ -6,10 +6,6 @@ clusters them, ``figures`` draws PNGs, and ``runs`` holds the ``explain``/``embe
 
 from histoscan.explain.embedding import (
     EmbeddingMap,
-    Inference,
-    embed_features,
-    infer,
-    infer_source,
     map_embedding,
     mislabel_candidates,
     project_2d,
@@ -19,11 +15,7 @@ from histoscan.explain.gradcam import GradCAM, centre_fraction, overlay
 __all__ = [
     "EmbeddingMap",
     "GradCAM",
-    "Inference",
     "centre_fraction",
-    "embed_features",
-    "infer",
-    "infer_source",
     "map_embedding",
     "mislabel_candidates",
     "overlay",

@@ -1,102 +1,22 @@
-"""What the model sees: pre-logit features, a 2-D map of them, clusters and label disagreements.
+"""What the model sees: a 2-D map of its pre-logit features, clusters and label disagreements.
 
-Features and logits come from one forward pass (``forward_features`` then ``forward_head`` twice,
-once with ``pre_logits=True``), so a report predicts each patch once.
+The features themselves come from the one inference door, ``Predictor.infer_source(...,
+features=True)``, in the same pass as the logits, so a report predicts each patch once.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from histoscan.calibration import sigmoid
-from histoscan.data.sources import PatchSource
-from histoscan.data.transforms import tta_views
 from histoscan.errors import DataError
-from histoscan.models.bundle import ModelFile
-from histoscan.progress import progress_bar
 
 log = logging.getLogger(__name__)
 PROJECTIONS = ("umap", "tsne")
 EXACT_KNN_MAX = 20_000  # above this, UMAP's approximate neighbour search is cheaper
-
-
-@dataclass
-class Inference:
-    """Raw logits per TTA view and the identity view's pre-logit features."""
-
-    logits: np.ndarray  # (N, V) float64, before temperature scaling; view 0 is the identity
-    features: np.ndarray  # (N, D) float32
-
-    def probs(self, temperature: float, tta: bool = True) -> np.ndarray:
-        """Calibrated tumour probabilities (N,): mean over the views, or the identity view only."""
-        logits = self.logits.mean(axis=1) if tta else self.logits[:, 0]
-        return sigmoid(logits / temperature)
-
-
-def infer(mf: ModelFile, images: np.ndarray, tta: str = "none", batch_size: int = 128) -> Inference:
-    """Logits for every TTA view and features, for uint8 patches (N, H, W, 3).
-
-    The mean over views equals ``Predictor.logits(images, tta)``: same preprocessing, same views.
-    """
-    import torch
-
-    from histoscan.data.transforms import dihedral
-
-    views = tta_views(tta)
-    net = mf.inference_net().to(memory_format=torch.channels_last)
-    n = len(images)
-    logits = np.empty((n, len(views)), dtype=np.float64)
-    features: np.ndarray | None = None
-    with torch.inference_mode():
-        for start in range(0, n, batch_size):
-            batch = torch.from_numpy(np.ascontiguousarray(images[start : start + batch_size]))
-            for j, k in enumerate(views):
-                # patches are (B, H, W, 3): transform the spatial dims, not the channels
-                view = dihedral(batch.permute(0, 3, 1, 2), k).permute(0, 2, 3, 1) if k else batch
-                feats = net.net.forward_features(net.preprocess(view))  # (B, C, h, w)
-                logits[start : start + len(batch), j] = net.net.forward_head(feats)[:, 0].double()
-                if j == 0:
-                    pooled = net.net.forward_head(feats, pre_logits=True).float().numpy()  # (B, D)
-                    if features is None:
-                        features = np.empty((n, pooled.shape[1]), dtype=np.float32)
-                    features[start : start + len(batch)] = pooled
-    if features is None:
-        features = np.zeros((0, 0), dtype=np.float32)
-    return Inference(logits=logits, features=features)
-
-
-def infer_source(
-    mf: ModelFile,
-    source: PatchSource,
-    indices: Sequence[int],
-    tta: str = "none",
-    batch_size: int = 128,
-    progress: bool = True,
-) -> Inference:
-    """``infer`` over some patches of a source, read in chunks with a progress bar."""
-    idx = np.asarray(indices, dtype=np.int64)
-    parts: list[Inference] = []
-    chunk = batch_size * 8
-    with progress_bar("predict", total=len(idx), show=progress, unit="patches") as bar:
-        for start in range(0, len(idx), chunk):
-            parts.append(infer(mf, source.read_many(idx[start : start + chunk]), tta, batch_size))
-            bar.advance(len(parts[-1].logits))
-    if not parts:
-        raise DataError(f"{source.root}: no patches to predict")
-    return Inference(
-        logits=np.concatenate([p.logits for p in parts]),
-        features=np.concatenate([p.features for p in parts]),
-    )
-
-
-def embed_features(mf: ModelFile, images: np.ndarray, batch: int = 128) -> np.ndarray:
-    """Pre-logit features (N, D) float32 of uint8 patches (N, H, W, 3), identity view."""
-    return infer(mf, images, "none", batch).features
 
 
 def reduce_features(features: np.ndarray, dims: int = 50) -> np.ndarray:

@@ -23,9 +23,8 @@ from PIL import Image
 from histoscan.data.sources import PatchSource
 from histoscan.errors import DataError
 from histoscan.explain import figures
-from histoscan.explain.embedding import infer_source, map_embedding
+from histoscan.explain.embedding import map_embedding
 from histoscan.explain.gradcam import GradCAM, centre_fraction, overlay, with_centre_box
-from histoscan.models.bundle import ModelFile
 
 CASES = ("TP", "TN", "FP", "FN")
 
@@ -113,7 +112,7 @@ def select_cases(
 
 
 def choose_patches(
-    mf: ModelFile,
+    predictor: Any,
     source: PatchSource,
     ids: Sequence[str] | None,
     n: int,
@@ -133,7 +132,8 @@ def choose_patches(
         if len(labelled) == 0:
             raise DataError(f"{source.root}: no labels, so no TP/TN/FP/FN; pass --ids")
         idx = sample_indices(labelled, limit)
-    probs = infer_source(mf, source, idx, tta, progress=progress).probs(mf.temperature)
+    mf = predictor.model_file
+    probs = predictor.infer_source(source, tta, idx, progress=progress).probs(mf.temperature)
     labels = source.labels[idx].astype(np.int64)
     if ids:
         pos = np.arange(len(idx))
@@ -146,7 +146,7 @@ def choose_patches(
 
 
 def run_explain(
-    mf: ModelFile,
+    predictor: Any,
     source: PatchSource,
     out: Path,
     ids: Sequence[str] | None = None,
@@ -155,15 +155,21 @@ def run_explain(
     limit: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Grad-CAM for chosen ids, or for the most confident TP/TN/FP/FN: gallery, PNGs, JSON."""
+    """Grad-CAM for chosen ids, or for the most confident TP/TN/FP/FN: gallery, PNGs, JSON.
+
+    Probabilities come from the predictor's engine; Grad-CAM from the torch weights of the same
+    model (it needs gradients, so torch: the ``train`` extra).
+    """
+    mf = predictor.model_file
+    torch_mf = predictor.torch_model_file()  # fails now, not after predicting, without torch
     if n < 1:
         raise DataError("--n must be at least 1")
     with atomic_output_dir(out, "explain.json") as tmp:
         idx, probs, labels, groups, n_scanned = choose_patches(
-            mf, source, ids, n, tta, limit, progress
+            predictor, source, ids, n, tta, limit, progress
         )
         images = source.read_many(idx)
-        maps = GradCAM(mf).explain(images)
+        maps = GradCAM(torch_mf).explain(images)
         gallery = figures.gallery_png(images, maps, probs, labels, groups)
         (tmp / "gradcam.png").write_bytes(gallery)
         rows = _write_patch_pngs(tmp / "patches", source, idx, images, maps, groups)
@@ -171,7 +177,8 @@ def run_explain(
             share = None if np.isnan(frac) else round(float(frac), 4)
             row.update(label=int(y), prob=round(float(p), 6), centre_fraction=share)
         summary = {
-            "model": str(mf.path),
+            "model": mf.path.name,
+            "inference": predictor.describe(),
             "data": source.describe(),
             "tta": tta,
             "temperature": mf.temperature,
@@ -208,7 +215,7 @@ def _write_patch_pngs(
 
 
 def run_embed(
-    mf: ModelFile,
+    predictor: Any,
     source: PatchSource,
     out: Path,
     n_clusters: int = 8,
@@ -222,8 +229,8 @@ def run_embed(
         raise DataError("--clusters must be at least 1")
     with atomic_output_dir(out, "clusters.json") as tmp:
         idx = sample_indices(np.arange(len(source)), limit)
-        result = infer_source(mf, source, idx, tta, progress=progress)
-        probs = result.probs(mf.temperature)
+        result = predictor.infer_source(source, tta, idx, features=True, progress=progress)
+        probs = result.probs(predictor.temperature)
         labels = source.labels[idx].astype(np.int64)
         emap = map_embedding(result.features, labels, probs, n_clusters, method)
         ids = [source.ids[i] for i in idx]
@@ -244,7 +251,8 @@ def run_embed(
         write_embedding_figures(tmp, source, idx, emap, labels, probs)
         clusters = [{**c, "exemplars": [ids[j] for j in c["exemplars"]]} for c in emap.clusters]
         summary = {
-            "model": str(mf.path),
+            "model": predictor.model_file.path.name,
+            "inference": predictor.describe(),
             "data": source.describe(),
             "tta": tta,
             "method": emap.method,

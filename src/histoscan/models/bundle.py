@@ -1,14 +1,11 @@
-"""The model file: weights, preprocessing, calibration and the model card in one ``.pt``.
+"""The torch side of the model format: ``.pt`` weights and the network with preprocessing inside.
 
-Loaded with ``torch.load(weights_only=True)``, so a model file can hold only tensors and plain
-values, never code.
+A ``.pt`` model file is loaded with ``torch.load(weights_only=True)``, so it can hold only tensors
+and plain values, never code. Its metadata is ``ModelMeta`` (``models/modelfile.py``).
 """
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +15,23 @@ from torch import nn
 
 from histoscan.errors import ModelError
 from histoscan.io import atomic_file
+from histoscan.models.modelfile import (
+    FORMAT,
+    ModelFile,
+    ModelMeta,
+    bundled_model_path,
+    load_model_file,
+)
 from histoscan.models.registry import ModelSpec, create_model
 
-FORMAT = "histoscan-model/1"
-BUNDLED_NAME = "histocnn-pcam.pt"
-
-
-def bundled_model_path() -> Path:
-    """The model shipped inside the package."""
-    return Path(str(resources.files("histoscan") / "weights" / BUNDLED_NAME))
+__all__ = [
+    "InferenceNet",
+    "ModelFile",
+    "bundled_model_path",
+    "load_model_file",
+    "load_pt",
+    "save_model_file",
+]
 
 
 class InferenceNet(nn.Module):
@@ -51,70 +56,89 @@ class InferenceNet(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(self.preprocess(images)).squeeze(1)  # (B,)
 
-
-@dataclass
-class ModelFile:
-    """A loaded model file."""
-
-    spec: ModelSpec
-    net: nn.Module
-    temperature: float = 1.0
-    threshold: float = 0.5
-    val_logits: np.ndarray | None = None  # TTA logits on the validation split, for thresholds
-    val_labels: np.ndarray | None = None
-    card: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-
-    def inference_net(self) -> InferenceNet:
-        return InferenceNet(self.net, self.spec).eval()
+    def forward_with_features(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Logits (B,) and pooled pre-logit features (B, D) from one pass."""
+        feats = self.net.forward_features(self.preprocess(images))  # (B, C, h, w)
+        logits = self.net.forward_head(feats)[:, 0]  # (B,)
+        return logits, self.net.forward_head(feats, pre_logits=True)  # (B, D)
 
 
-def save_model_file(path: Path, mf: ModelFile) -> None:
-    """Write atomically: a temporary file in the same folder, then rename."""
+class WithFeatures(nn.Module):
+    """``InferenceNet.forward_with_features`` as ``forward``, for export with two outputs."""
+
+    def __init__(self, net: InferenceNet) -> None:
+        super().__init__()
+        self.inner = net
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.inner.forward_with_features(images)
+
+
+def save_model_file(path: Path, model: ModelMeta | ModelFile, net: nn.Module | None = None) -> None:
+    """Write a ``.pt`` model file atomically: a temporary file in the same folder, then rename.
+
+    ``model`` is the metadata (with ``net``), or a ModelFile holding its network.
+    """
+    if isinstance(model, ModelFile):
+        meta, net = model.meta, model.torch_net()
+    else:
+        meta = model
+    if net is None:
+        raise ValueError("save_model_file needs the network")
+    data = meta.to_json()
     payload = {
-        "format": FORMAT,
-        "spec": mf.spec.to_dict(),
+        **{k: v for k, v in data.items() if k not in ("val_logits", "val_labels")},
         "state_dict": {
-            k: v.detach().float() if v.is_floating_point() else v
-            for k, v in mf.net.state_dict().items()
+            k: v.detach().float().cpu() if v.is_floating_point() else v.cpu()
+            for k, v in net.state_dict().items()
         },
-        "temperature": float(mf.temperature),
-        "threshold": float(mf.threshold),
-        "val_logits": None if mf.val_logits is None else torch.as_tensor(mf.val_logits).float(),
-        "val_labels": None if mf.val_labels is None else torch.as_tensor(mf.val_labels).long(),
-        "card": json.loads(json.dumps(mf.card, default=str)),  # plain values only
+        "val_logits": torch.as_tensor(np.asarray(meta.val_logits, dtype=np.float32)),
+        "val_labels": torch.as_tensor(np.asarray(meta.val_labels, dtype=np.int64)),
     }
     with atomic_file(path) as tmp:
         torch.save(payload, tmp)
 
 
-def load_model_file(path: str | Path | None = None) -> ModelFile:
-    """Load a model file (the bundled model when ``path`` is None)."""
-    path = Path(path) if path is not None else bundled_model_path()
-    if not path.is_file():
-        raise ModelError(f"{path}: no such model file")
+def _read_payload(path: Path) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
         raise ModelError(f"{path}: not a histoscan model file ({type(exc).__name__})") from exc
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(f"{path}: not a histoscan model file (no {FORMAT} header)")
-    spec = ModelSpec.from_dict(payload["spec"])
+    return payload
+
+
+def load_pt(path: Path) -> tuple[ModelMeta, nn.Module]:
+    """Metadata and the plain network (eval mode) of a ``.pt`` model file."""
+    payload = _read_payload(path)
+    data = dict(payload)
+    for key in ("val_logits", "val_labels"):
+        value = payload.get(key)
+        data[key] = [] if value is None else value.numpy().tolist()
+    meta = ModelMeta.from_json(data, str(path))
+    return meta, _build_net(path, meta.spec, payload["state_dict"])
+
+
+def load_torch_weights(path: Path, spec: ModelSpec) -> nn.Module:
+    """The plain network of a ``.pt`` model file."""
+    return _build_net(path, spec, _read_payload(path)["state_dict"])
+
+
+def _build_net(path: Path, spec: ModelSpec, state_dict: dict[str, torch.Tensor]) -> nn.Module:
     net = create_model(spec.name, **spec.kwargs)
     try:
-        net.load_state_dict(payload["state_dict"])
+        net.load_state_dict(state_dict)
     except RuntimeError as exc:
         raise ModelError(f"{path}: weights do not fit model {spec.name} ({exc})") from exc
-    net.eval()
-    val_logits = payload.get("val_logits")
-    val_labels = payload.get("val_labels")
-    return ModelFile(
-        spec=spec,
-        net=net,
-        temperature=float(payload.get("temperature", 1.0)),
-        threshold=float(payload.get("threshold", 0.5)),
-        val_logits=None if val_logits is None else val_logits.numpy(),
-        val_labels=None if val_labels is None else val_labels.numpy(),
-        card=payload.get("card") or {},
-        path=path,
-    )
+    return net.eval()
+
+
+def model_file_from_net(meta: ModelMeta, net: nn.Module, path: Path | None = None) -> ModelFile:
+    """A ModelFile for a network held in memory (training, ensembles) before it is saved."""
+    return ModelFile(meta=meta, path=path or Path("<memory>"), kind="pt", _net=net.eval())
+
+
+def memory_model_file(spec: ModelSpec, net: nn.Module, **meta: Any) -> ModelFile:
+    """``model_file_from_net`` from a spec and metadata fields (tests, notebooks)."""
+    return model_file_from_net(ModelMeta(spec=spec, **meta), net)

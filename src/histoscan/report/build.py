@@ -20,7 +20,7 @@ import numpy as np
 from histoscan.calibration import sigmoid
 from histoscan.data.sources import PatchSource, atomic_write_bytes
 from histoscan.errors import DataError, ModelError
-from histoscan.models.bundle import ModelFile, load_model_file
+from histoscan.models.modelfile import ModelFile
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +66,8 @@ class ReportData:
     mf: ModelFile
     source: PatchSource
     on_val_ids: bool
+    inference: dict[str, Any]  # Predictor.describe(): engine, precision, device
+    n_params: int
     n_mapped: int
     tta: str
     metrics: dict[str, Any]
@@ -86,13 +88,23 @@ def build_report(
     limit: int | None = None,
     tta: str = "d4",
     progress: bool = True,
+    engine: str = "auto",
+    device: str = "auto",
+    batch_size: int = 256,
 ) -> dict[str, Any]:
-    """Write the report to ``out`` atomically; return a summary with seconds per stage."""
-    mf = load_model_file(resolve_model_path(model))
-    if mf.net is None:
-        raise ModelError(f"{mf.path}: the report needs torch weights (.pt), not ONNX")
+    """Write the report to ``out`` atomically; return a summary with seconds per stage.
+
+    Metrics come from the same engine, and so the same numbers, as ``histoscan evaluate`` with
+    the same ``engine``; Grad-CAM from the model's torch weights.
+    """
+    from histoscan.predict import Predictor
+
+    predictor = Predictor.load(
+        resolve_model_path(model), engine=engine, device=device, batch_size=batch_size
+    )
+    predictor.torch_model_file()  # Grad-CAM needs torch: fail before the work, not after
     audit_data = _read_audit(audit) if audit is not None else None
-    data = collect(mf, source, limit, tta, progress)
+    data = collect(predictor, source, limit, tta, progress)
     data.audit = audit_data
     started = time.perf_counter()
     from histoscan.report.page import render
@@ -125,27 +137,26 @@ class Predictions:
 
 
 def predict_once(
-    mf: ModelFile, source: PatchSource, limit: int | None, tta: str, progress: bool
+    predictor: Any, source: PatchSource, limit: int | None, tta: str, progress: bool
 ) -> Predictions:
     """Evaluation patches with ``tta``, the others with one view; features from the identity."""
-    from histoscan.explain import infer_source
-
-    eval_idx, all_idx, on_val = report_indices(source, mf.card.get("val_ids") or [], limit)
-    evaluated = infer_source(mf, source, eval_idx, tta, progress=progress)
+    card = predictor.model_file.card
+    eval_idx, all_idx, on_val = report_indices(source, card.get("val_ids") or [], limit)
+    evaluated = predictor.infer_source(source, tta, eval_idx, features=True, progress=progress)
     logits_1 = np.empty(len(all_idx))
     features = np.empty((len(all_idx), evaluated.features.shape[1]), dtype=np.float32)
     pos = np.searchsorted(all_idx, eval_idx)
     logits_1[pos], features[pos] = evaluated.logits[:, 0], evaluated.features
     others = np.setdiff1d(all_idx, eval_idx)
     if len(others):
-        rest = infer_source(mf, source, others, "none", progress=progress)
+        rest = predictor.infer_source(source, "none", others, features=True, progress=progress)
         pos = np.searchsorted(all_idx, others)
         logits_1[pos], features[pos] = rest.logits[:, 0], rest.features
     return Predictions(eval_idx, all_idx, on_val, evaluated.logits.mean(axis=1), logits_1, features)
 
 
 def collect(
-    mf: ModelFile, source: PatchSource, limit: int | None, tta: str, progress: bool
+    predictor: Any, source: PatchSource, limit: int | None, tta: str, progress: bool
 ) -> ReportData:
     """Predict once, then compute metrics, plots, Grad-CAM cases and the embedding map."""
     from histoscan.evaluate import compute_metrics
@@ -158,7 +169,9 @@ def collect(
         seconds[stage] = time.perf_counter() - clock
         clock = time.perf_counter()
 
-    pred = predict_once(mf, source, limit, tta, progress)
+    mf = predictor.model_file
+    torch_mf = predictor.torch_model_file()
+    pred = predict_once(predictor, source, limit, tta, progress)
     lap("predict")
     labels = source.labels[pred.eval_idx].astype(np.int64)
     probs = sigmoid(pred.logits_eval / mf.temperature)
@@ -167,6 +180,8 @@ def collect(
         mf=mf,
         source=source,
         on_val_ids=pred.on_val_ids,
+        inference=predictor.describe(),
+        n_params=sum(p.numel() for p in torch_mf.torch_net().parameters()),
         n_mapped=len(pred.all_idx),
         tta=tta,
         metrics=compute_metrics(labels, probs, mf.threshold),
@@ -176,7 +191,7 @@ def collect(
     )
     add_metric_figures(data, labels, probs, probs_raw)
     lap("metrics")
-    add_gradcam(data, pred.eval_idx, labels, probs)
+    add_gradcam(data, torch_mf, pred.eval_idx, labels, probs)
     lap("gradcam")
     add_embedding(data, pred)
     lap("embedding")
@@ -202,7 +217,11 @@ def add_metric_figures(
 
 
 def add_gradcam(
-    data: ReportData, eval_idx: np.ndarray, labels: np.ndarray, probs: np.ndarray
+    data: ReportData,
+    torch_mf: ModelFile,
+    eval_idx: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
 ) -> None:
     """The Grad-CAM gallery of the most confident TP/TN/FP/FN, and each case's centre share."""
     from histoscan.explain import GradCAM, centre_fraction, figures
@@ -212,7 +231,7 @@ def add_gradcam(
     if not len(pos):
         return
     images = data.source.read_many(eval_idx[pos])
-    maps = GradCAM(data.mf).explain(images)
+    maps = GradCAM(torch_mf).explain(images)
     data.images["gradcam"] = figures.gallery_png(images, maps, probs[pos], labels[pos], groups)
     fractions = centre_fraction(maps)  # NaN for an all-zero map
     for g in dict.fromkeys(groups):

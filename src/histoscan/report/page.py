@@ -129,7 +129,7 @@ def _what(d: ReportData) -> str:
 
 def _training(d: ReportData) -> str:
     card, spec = d.mf.card, d.mf.spec
-    n_params = sum(p.numel() for p in d.mf.net.parameters())
+    n_params = d.n_params
     secs = card.get("train_seconds")
     cfg = card.get("config") or {}
     recipe = ", ".join(

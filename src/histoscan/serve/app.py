@@ -138,7 +138,7 @@ def _add_page(app: FastAPI, svc: Service) -> None:
             "status": "ok",
             "model": svc.predictor.name,
             "version": svc.predictor.version,
-            "engine": svc.predictor.engine,
+            "engine": svc.predictor.engine.name,
             "auth": svc.settings.token is not None,
             "batching": svc.batcher.stats(),
         }

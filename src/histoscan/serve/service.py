@@ -32,7 +32,7 @@ class Explainer:
     """
 
     def __init__(self, predictor: Predictor) -> None:
-        self.model_file = predictor.model_file
+        self.predictor = predictor
         self._cam: Any = None
         self._lock = threading.Lock()
 
@@ -42,12 +42,11 @@ class Explainer:
             from histoscan.explain import GradCAM, overlay
         except ImportError as exc:
             raise ApiError(501, "Grad-CAM is not available in this installation") from exc
-        if self.model_file.net is None:
-            raise ApiError(501, "Grad-CAM needs the torch model file (.pt), not only the .onnx")
         with self._lock:
             if self._cam is None:
                 try:
-                    self._cam = GradCAM(copy.deepcopy(self.model_file))
+                    # a private copy: the hooks must not see the batcher's forward passes
+                    self._cam = GradCAM(copy.deepcopy(self.predictor.torch_model_file()))
                 except ModelError as exc:
                     raise ApiError(501, f"no Grad-CAM for this model: {exc}") from exc
             cam = self._cam.explain(image[None])[0]  # (H, W) in [0, 1]
@@ -135,7 +134,8 @@ class Service:
         return {
             "name": self.predictor.name,
             "version": self.predictor.version,
-            "engine": self.predictor.engine,
+            "engine": self.predictor.engine.name,
+            "inference": self.predictor.describe(),
             "tta": self.settings.tta,
             "threshold": self.threshold(),
             "temperature": self.predictor.temperature,

@@ -1,0 +1,65 @@
+"""The torch engine: eager PyTorch on cpu or cuda (channels_last, bf16 autocast where it pays)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+
+from histoscan.errors import ModelError
+from histoscan.models.bundle import InferenceNet
+from histoscan.models.engines import cpu_has_bf16
+
+PRECISIONS = ("auto", "32", "fp32", "bf16")
+
+
+def use_bf16(device: torch.device, precision: str) -> bool:
+    """bf16 when asked, or for ``auto`` where the hardware computes it natively."""
+    if precision not in PRECISIONS:
+        raise ModelError(f"unknown precision {precision!r}; choose from auto, fp32 or bf16")
+    if precision == "bf16":
+        return True
+    if precision != "auto":
+        return False
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return cpu_has_bf16()
+
+
+def autocast_for(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast when ``use_bf16``, else nothing (training uses this too)."""
+    if use_bf16(device, precision):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class TorchEngine:
+    """uint8 (B, H, W, 3) -> logits (B,) [, pooled features (B, D)] with eager PyTorch."""
+
+    name = "torch"
+    has_features = True
+
+    def __init__(self, net: InferenceNet, device: str = "cpu", precision: str = "auto") -> None:
+        self._device = torch.device(device)
+        self.device = str(self._device)
+        self._bf16 = use_bf16(self._device, precision)
+        self.precision = "bf16" if self._bf16 else "fp32"
+        self.net = net.eval().to(self._device, memory_format=torch.channels_last)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self._bf16:
+            return torch.autocast(self._device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    @torch.inference_mode()
+    def run(self, images: np.ndarray, features: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self._device)
+        with self._autocast():
+            if features:
+                logits, feats = self.net.forward_with_features(x)  # (B,), (B, D)
+                out = feats.float().cpu().numpy()
+            else:
+                logits = self.net(x)  # (B,)
+                out = np.zeros((len(images), 0), dtype=np.float32)
+        return logits.double().cpu().numpy(), out
