@@ -25,6 +25,7 @@ import yaml
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from histoscan import run_dir as run_rules
 from histoscan.calibration import sigmoid
 from histoscan.config import TrainConfig, config_to_dict
 from histoscan.data.pcam import PCamSource, open_pcam
@@ -34,6 +35,7 @@ from histoscan.data.store import select_manifest
 from histoscan.data.transforms import Augment
 from histoscan.errors import DataError
 from histoscan.finalize import calibrate_and_save, describe_machine
+from histoscan.io import atomic_write
 from histoscan.models.bundle import InferenceNet
 from histoscan.models.engines import cpu_has_bf16
 from histoscan.models.registry import ModelSpec, create_model, model_spec
@@ -245,6 +247,7 @@ def fit(
     groups_csv: Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> Path:
     """Train, keep the best checkpoint by validation AUC, calibrate, write ``run_dir/model.pt``."""
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
@@ -253,17 +256,20 @@ def fit(
     run_dir = Path(run_dir)
     ckpt_dir = run_dir / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise DataError(f"{run_dir}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and (run_dir / "model.pt").exists():
-        raise DataError(f"{run_dir}: holds a finished run; choose another --out or --resume")
+    primary = run_rules.is_primary_process()
+    run_rules.check_accelerator(cfg.accelerator)
+    if primary:  # see run_dir.py: --resume/--overwrite rules, decided before any work
+        inputs = [source.root, manifest, groups_csv]
+        run_rules.check_run_dir(run_dir, config_to_dict(cfg), resume, overwrite, inputs)
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     spec = model_spec(cfg.model, cfg.input_px)
     split = make_split(source, cfg, manifest, groups_csv)
+    if resume and primary:
+        run_rules.check_resume_split(run_dir, run_rules.split_rows(split))
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     _write_split(run_dir / "split.csv", split)
 
     loader_kw = dict(
@@ -295,6 +301,7 @@ def fit(
         strategy="ddp" if cfg.devices * cfg.num_nodes > 1 else "auto",
         precision=resolve_precision(cfg),
         callbacks=callbacks,
+        plugins=[run_rules.atomic_checkpoint_io()],  # no truncated .ckpt on a kill or full disk
         logger=CSVLogger(run_dir, name="", version=""),
         enable_progress_bar=progress,
         limit_train_batches=_limit(cfg.limit_train_batches),
@@ -309,6 +316,11 @@ def fit(
     started = time.time()
     trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     seconds = time.time() - started
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        # tear down gloo/NCCL before any rank leaves: a rank exiting with the group alive
+        # aborted at exit ("terminate called without an active exception", SIGABRT)
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
     if not trainer.is_global_zero:
         return run_dir / "model.pt"
     best_path = best.best_model_path or str(last)
@@ -347,8 +359,9 @@ def finish_run(
     calibrate_and_save(
         net, module.spec, split.val.source, split.val.indices, card, run_dir / "model.pt", train_ids
     )
-    (run_dir / "summary.json").write_text(
-        json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2)
+    atomic_write(
+        run_dir / "summary.json",
+        json.dumps({k: v for k, v in card.items() if k not in ("val_ids", "history")}, indent=2),
     )
     plot_training_curves(card["history"], run_dir / "training_curves.png")
 

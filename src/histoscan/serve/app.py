@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, File, Query, UploadFile
+from fastapi import APIRouter, Depends, FastAPI, File, Query, Request, UploadFile
 from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPBearer
 from fastapi.staticfiles import StaticFiles
@@ -22,7 +22,7 @@ from histoscan import __version__
 from histoscan.predict import Predictor
 from histoscan.serve.docs import add_offline_docs
 from histoscan.serve.errors import ApiError, install_error_handlers
-from histoscan.serve.images import encode_png, png_base64
+from histoscan.serve.images import check_pixel_budget, encode_png, png_base64
 from histoscan.serve.schemas import (
     ErrorBody,
     ExplainResponse,
@@ -31,7 +31,12 @@ from histoscan.serve.schemas import (
     PatchResult,
     PredictResponse,
 )
-from histoscan.serve.security import BodyLimitMiddleware, PageHeadersMiddleware, TokenMiddleware
+from histoscan.serve.security import (
+    BodyLimitMiddleware,
+    HostOriginMiddleware,
+    PageHeadersMiddleware,
+    TokenMiddleware,
+)
 from histoscan.serve.service import Service, get_service
 from histoscan.serve.settings import ServeSettings
 from histoscan.serve.slide_routes import router as slide_router
@@ -65,6 +70,7 @@ async def predict(
         raise ApiError(
             413, f"{len(files)} files in one request; send at most {svc.settings.max_files}"
         )
+    await _check_budget(svc, files)
     images, resized = await run_in_threadpool(svc.decode_uploads, files)
     probs = await svc.batcher.run(images)
     name, version = svc.predictor.name, svc.predictor.version
@@ -99,6 +105,7 @@ async def predict(
     responses={200: {"content": {"image/png": {}}}, 501: {"model": ErrorBody}},
 )
 async def explain(
+    request: Request,
     svc: ServiceDep,
     file: Annotated[UploadFile, File(description="One 96x96 RGB patch image.")],
     fmt: Annotated[
@@ -106,6 +113,11 @@ async def explain(
     ] = "json",
 ) -> Response | dict:
     """The probability and the Grad-CAM overlay: JSON with base64 PNGs, or ?format=png."""
+    form = await request.form()  # parsed once already for ``file``; this reads the cache
+    sent = [v for _, v in form.multi_items() if not isinstance(v, str)]
+    if len(sent) != 1:
+        raise ApiError(422, f"{len(sent)} files sent; /v1/explain takes exactly one, as 'file'")
+    await _check_budget(svc, [file])
     images, resized = await run_in_threadpool(svc.decode_uploads, [file])
     probs = await svc.batcher.run(images)
     overlay, cam = await run_in_threadpool(svc.explainer, images[0])
@@ -125,6 +137,12 @@ async def explain(
         "image_png": png_base64(images[0]),
         "cam_max": float(cam.max()),
     }
+
+
+async def _check_budget(svc: Service, files: list[UploadFile]) -> None:
+    """Refuse, from the image headers alone, a request that would decode too many pixels."""
+    budget = svc.settings.max_request_pixels
+    await run_in_threadpool(check_pixel_budget, [f.file for f in files], budget)
 
 
 def _add_page(app: FastAPI, svc: Service) -> None:
@@ -177,9 +195,12 @@ def create_app(predictor: Predictor, settings: ServeSettings | None = None) -> F
     _add_page(app, svc)
     add_offline_docs(app)
     install_error_handlers(app)
-    # added last runs first: headers, then token, then the body limit
+    # added last runs first: headers, Host/Origin, token, then the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes)
     if settings.token is not None:
         app.add_middleware(TokenMiddleware, token=settings.token)
+    app.add_middleware(
+        HostOriginMiddleware, bind_host=settings.host, allow_origins=settings.allow_origins
+    )
     app.add_middleware(PageHeadersMiddleware)
     return app
