@@ -50,6 +50,13 @@ def serve(
     ] = False,
     tta: Annotated[str, typer.Option(help="Patch TTA: none, flip or d4.")] = "d4",
     max_batch: Annotated[int, typer.Option(min=1, help="Most patches per forward pass.")] = 64,
+    allow_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A web origin (https://app.example.org) whose pages may call the API; repeat "
+            "for more. Other sites are refused (403), token or not."
+        ),
+    ] = None,
 ) -> None:
     """Serve the model: API at /v1 (docs at /docs) and a page at / for patches and slides."""
     import uvicorn
@@ -64,9 +71,18 @@ def serve(
     if tta not in TTA_VIEWS:
         raise HistoscanError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_VIEWS)}")
     predictor = Predictor.load(model, engine=engine, device=device, batch_size=max_batch)
-    settings = ServeSettings(
-        token=token, max_upload_mb=max_upload_mb, resize=resize, tta=tta, max_batch=max_batch
-    )
+    try:
+        settings = ServeSettings(
+            token=token,
+            max_upload_mb=max_upload_mb,
+            resize=resize,
+            tta=tta,
+            max_batch=max_batch,
+            host=host,  # Host headers must name it (or localhost): no DNS rebinding
+            allow_origins=tuple(allow_origin or ()),
+        )
+    except ValueError as exc:
+        raise HistoscanError(f"--allow-origin: {exc}") from None
     app = create_app(predictor, settings)
     if not is_loopback(host) and not token:
         suggestion = secrets.token_urlsafe(16)
