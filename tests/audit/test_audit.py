@@ -139,7 +139,8 @@ def test_planted_defects_are_flagged_and_clean_patches_kept(planted: dict) -> No
     assert len(rows) == planted["n"] and len({r["id"] for r in rows}) == planted["n"]
     by_id = {r["id"]: r for r in rows}
     for rule, key in planted["planted"].items():
-        assert by_id[key]["keep"] == "0", rule
+        # the colour rule marks for review (dense lymphoid tissue trips it too), others remove
+        assert by_id[key]["keep"] == ("review" if rule == "colour_outlier" else "0"), rule
         assert rule in by_id[key]["reason"].split(";"), (rule, by_id[key]["reason"])
     # the originals of the copies are kept; so is every other normal patch
     assert all(by_id[key]["keep"] == "1" and by_id[key]["reason"] == "" for key in planted["ids"])
@@ -313,3 +314,33 @@ def test_real_sample_subset(real_root: Path, tmp_path: Path) -> None:
     assert s["cleaning"]["removed_total"] < 100  # about 1.3 % on the whole sample
     assert len(read_manifest(out / "clean_manifest.csv")) == 2000
     assert pixel_id(np.asarray(Image.open(chosen[0]))) == chosen[0].stem
+
+
+def test_colour_outliers_are_marked_for_review_with_their_evidence(planted: dict) -> None:
+    s = json.loads((planted["out"] / "audit.json").read_text())
+    green = planted["planted"]["colour_outlier"]
+    cleaning = s["cleaning"]
+    assert cleaning["review_total"] == 1 and cleaning["review_rules"] == ["colour_outlier"]
+    # a review patch is kept, not removed: 5 removing defects, the rest kept
+    assert cleaning["removed_total"] == len(planted["planted"]) - 1
+    assert cleaning["kept_total"] == planted["n"] - cleaning["removed_total"]
+    evidence = {e["id"]: e for e in s["outliers"]["colour_outlier"]["evidence"]}[green]
+    # planted as (90, 200, 90) among (200, 120, 180) tissue: far too green, far too little red
+    assert evidence["z"].get("red_mean", 0) < -3 and len(evidence["z"]) == 3
+    text = (planted["out"] / "audit.html").read_text()
+    assert "marked review, not removed" in text and "what stands out" in text
+
+
+def test_page_is_on_the_shared_template_and_reads_plainly(planted: dict) -> None:
+    import re
+
+    from histoscan.audit.page import _shown
+    from histoscan.report.blocks import stylesheet
+
+    text = (planted["out"] / "audit.html").read_text()
+    assert stylesheet() in text  # the one stylesheet the model report uses too
+    visible = re.sub(r'src="data:[^"]+"', "", text)
+    assert not re.search(r"\d\.?\d*e[+-]\d", visible), "a number in scientific notation"
+    assert "LR coef" not in visible
+    assert _shown(12, 35, "most extreme first").startswith("12 of 35 shown")
+    assert _shown(3, 3, "most extreme first").startswith("All 3 shown")

@@ -74,6 +74,10 @@ class AuditConfig:
         }
 
 
+# rules whose hits are marked "review" in the manifest, not removed: the colour rule also catches
+# ordinary dense lymphoid tissue, so a person should look before such a patch is dropped
+REVIEW_RULES = ("colour_outlier",)
+
 # rule -> (feature it thresholds, True if low values are bad); the worst cases sort on it
 RULE_SCORES = {
     "near_black": ("brightness", True),
@@ -312,8 +316,15 @@ class Audit:
 
     @cached_property
     def keep(self) -> np.ndarray:
-        """(N,) bool: hit by no rule."""
-        return ~np.any(list(self.flags.values()), axis=0)
+        """(N,) bool: hit by no removing rule (a review rule alone does not remove a patch)."""
+        removing = [hit for rule, hit in self.flags.items() if rule not in REVIEW_RULES]
+        return ~np.any(removing, axis=0)
+
+    @cached_property
+    def review(self) -> np.ndarray:
+        """(N,) bool: kept, but hit by a review rule: a person should look at it."""
+        flagged = [hit for rule, hit in self.flags.items() if rule in REVIEW_RULES]
+        return self.keep & np.any(flagged, axis=0) if flagged else np.zeros_like(self.keep)
 
     def reasons(self, i: int) -> str:
         return ";".join(rule for rule, hit in self.flags.items() if hit[i])

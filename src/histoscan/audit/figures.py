@@ -36,10 +36,26 @@ def _subplots(rows: int, cols: int, size: tuple[float, float]) -> tuple[Any, Any
     return fig, axes
 
 
+# x-axis words per channel; DAB is left out: H&E slides carry no DAB stain, and the third
+# rgb2hed channel is only the residual of the colour deconvolution
+CHANNEL_UNITS = {
+    "red": "red, 0-255",
+    "green": "green, 0-255",
+    "blue": "blue, 0-255",
+    "hue": "hue, 0-1 (HSV)",
+    "saturation": "saturation, 0-1 (HSV)",
+    "value": "value (brightness), 0-1 (HSV)",
+    "haematoxylin": "haematoxylin optical density",
+    "eosin": "eosin optical density",
+}
+
+
 def hist_figure(dist: dict, by_region: bool) -> str:
-    """3x3 channel histograms per class; whole patch, or centre (solid) vs border (dashed)."""
-    fig, axes = _subplots(3, 3, (13, 8.2))
-    for ax, (ch, (lo, hi)) in zip(axes.flat, dist["histogram_ranges"].items(), strict=True):
+    """Channel histograms per class (share of pixels, %); whole patch, or centre vs border."""
+    channels = [ch for ch in dist["histogram_ranges"] if ch in CHANNEL_UNITS]
+    fig, axes = _subplots(3, 3, (13, 8.6))
+    for ax, ch in zip(axes.flat, channels, strict=False):
+        lo, hi = dist["histogram_ranges"][ch]
         x = lo + (np.arange(af.HIST_BINS) + 0.5) * (hi - lo) / af.HIST_BINS
         for group, regions in dist["histograms"].items():
             parts = list(regions.items()) if by_region else [("", _sum(regions, ch))]
@@ -47,9 +63,13 @@ def hist_figure(dist: dict, by_region: bool) -> str:
                 counts = np.asarray(counts[ch] if by_region else counts, float)
                 style = "--" if region == "border" else "-"
                 label = f"{group} {region}".strip()
-                ax.plot(x, counts / max(counts.sum(), 1), style, color=COLOURS[group], label=label)
-        ax.set_title(ch, fontsize=11)
-        ax.set_yticks([])
+                share = 100 * counts / max(counts.sum(), 1)
+                ax.plot(x, share, style, color=COLOURS[group], label=label)
+        ax.set_xlabel(CHANNEL_UNITS[ch], fontsize=9)
+        ax.set_ylabel("% of pixels per bin", fontsize=9)
+        ax.tick_params(labelsize=8)
+    for ax in axes.flat[len(channels) :]:
+        ax.axis("off")
     axes[0, 0].legend(fontsize=8)
     return _figure(fig)
 
@@ -95,9 +115,10 @@ def balance_figure(about: dict) -> str:
         counts = [s[group] for s in splits.values()]
         if any(counts):
             bars = ax.bar(x + (k - 1) * 0.27, counts, 0.27, color=COLOURS[group], label=group)
-            ax.bar_label(bars, fontsize=8)
+            ax.bar_label(bars, fontsize=8, padding=2)
     ax.set_xticks(x, list(splits))
-    ax.legend(fontsize=8)
+    ax.margins(y=0.18)  # room above the tallest bar for its count
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_ylabel("patches")
     return _figure(fig)
 
@@ -147,6 +168,7 @@ def rules_figure(audit: Audit) -> str:
     fig, axes = _subplots(1, 4, (15, 2.9))
     for ax, (title, values, lines, log) in zip(axes[0], panels, strict=True):
         ax.set_title(title, fontsize=10)
+        ax.set_ylabel("patches per bin", fontsize=9)
         values = values[np.isfinite(values)]
         if not len(values):
             continue

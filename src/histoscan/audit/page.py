@@ -1,4 +1,4 @@
-"""audit.html: one self-contained page (figures and thumbnails as base64 PNG, no scripts).
+"""audit.html: one self-contained page on the report's base template (no scripts, no links out).
 
 Every number on the page comes from the summary dict that is also written as audit.json.
 Thumbnails are 96 px PNGs shown 2-3x enlarged with crisp pixels; the centre 32x32 box, which
@@ -7,20 +7,20 @@ alone decides the label, is drawn over them by CSS so it hides no pixel.
 
 from __future__ import annotations
 
-import base64
-import io
 import time
-from html import escape
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from histoscan.audit import features as af
 from histoscan.audit import figures
+from histoscan.report.blocks import Section, esc, fmt, p_value, table, tiles
+from histoscan.report.blocks import render_page as render_base
 
 if TYPE_CHECKING:
     from histoscan.audit.core import Audit
 
+escape = esc
 SECTIONS = {
     "about": "1. About the data",
     "distributions": "2. Distributions",
@@ -28,75 +28,12 @@ SECTIONS = {
     "outliers": "4. Outliers",
     "cleaning": "5. Cleaning",
 }
-CSS = """
-body{font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;color:#1d1d22;
-  margin:0;background:#eef0f3}
-main{max-width:1190px;margin:0 auto;padding:22px 30px 60px;background:#fff}
-h1{font-size:25px;margin:0 0 2px}h2{font-size:21px;margin:38px 0 10px;padding-bottom:4px;
-  border-bottom:2px solid #e2e4ea}h3{font-size:16px;margin:22px 0 6px}
-.meta,.note{color:#5d6270;font-size:13px}nav{margin:10px 0 4px;font-size:14px}
-nav a{margin-right:16px;color:#2c5fb6;text-decoration:none}
-.cards{display:grid;grid-template-columns:repeat(6,1fr);gap:10px;margin:14px 0 6px}
-.card{border:1px solid #e2e4ea;border-radius:8px;padding:8px 12px;background:#fafbfc}
-.card b{display:block;font-size:22px}.card span{color:#5d6270;font-size:12.5px}
-table{border-collapse:collapse;font-size:13.5px;margin:6px 0 10px}
-th,td{padding:3px 10px;border-bottom:1px solid #eceef2;text-align:right;vertical-align:top}
-th{background:#f5f6f8;font-weight:600}th:first-child,td:first-child{text-align:left}
-th.l,td.l{text-align:left}img.plot{max-width:100%;height:auto;display:block}
-.grid{display:flex;flex-wrap:wrap;gap:8px 6px;margin:4px 0 8px}
-figure{margin:0;font-size:11.5px;color:#5d6270;font-family:ui-monospace,monospace}
-.tile{position:relative;width:calc(96px*var(--s));height:calc(96px*var(--s))}
-.tile img{width:100%;height:100%;image-rendering:pixelated;display:block}
-.tile:after{content:"";position:absolute;left:33.333%;top:33.333%;width:33.333%;
-  height:33.333%;box-sizing:border-box;border:2px solid #00e5ff;
-  box-shadow:0 0 0 1px rgba(0,0,0,.55)}
-.pair{display:flex;gap:3px;padding:4px;border:1px solid #e2e4ea;border-radius:6px}
-.two{display:grid;grid-template-columns:1fr 1fr;gap:18px}
-.three{display:grid;grid-template-columns:auto auto auto;gap:28px;justify-content:start}
-.found{margin:4px 0 8px;font-size:14.5px}
-details{margin:6px 0}summary{cursor:pointer;color:#2c5fb6}
-"""
-
-
-def _png(image: np.ndarray) -> str:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode()
+NAV = {"about": "About", "distributions": "Distributions", "correlations": "Correlations",
+       "outliers": "Outliers", "cleaning": "Cleaning"}  # fmt: skip
 
 
 def _table(head: list[str], rows: list[list[Any]]) -> str:
-    """Text columns (judged by the first row) align left, numbers right."""
-    left = [isinstance(v, str) for v in rows[0]] if rows else [False] * len(head)
-    cls = [' class="l"' if a else "" for a in left]
-    cells = "".join(f"<th{c}>{escape(str(h))}</th>" for h, c in zip(head, cls, strict=True))
-    body = "".join(
-        "<tr>" + "".join(f"<td{c}>{_fmt(v)}</td>" for v, c in zip(row, cls, strict=True)) + "</tr>"
-        for row in rows
-    )
-    return f"<table><tr>{cells}</tr>{body}</table>"
-
-
-def _fmt(v: Any) -> str:
-    if isinstance(v, float):
-        if not np.isfinite(v):
-            return "–"
-        return f"{v:,.0f}" if abs(v) >= 1000 else f"{v:.4g}" if abs(v) >= 1 else f"{v:.3g}"
-    if isinstance(v, int):
-        return f"{v:,}"
-    return "–" if v is None else escape(str(v))
-
-
-def _tiles(audit: Audit, items: list[tuple[int, str]], scale: int, images: dict) -> str:
-    if not items:
-        return '<p class="note">none</p>'
-    figs = [
-        f'<figure><div class="tile" style="--s:{scale}"><img src="{_png(images[i])}" '
-        f'alt="{escape(audit.source.ids[i])}"></div><figcaption>{escape(text)}</figcaption></figure>'
-        for i, text in items
-    ]
-    return '<div class="grid">' + "".join(figs) + "</div>"
+    return table(rows, head)
 
 
 def _label(audit: Audit, i: int) -> str:
@@ -120,9 +57,11 @@ def _pick(audit: Audit) -> dict[str, list[tuple[int, str]]]:
         order = np.argsort(np.where(np.isfinite(score), score, np.nan) * (1 if low_is_bad else -1))
         order = order[scan.readable[order]]
         hit = audit.flags[rule][order]
-        items[rule] = [(i, f"{score[i]:.3g} {_label(audit, i)}") for i in order[hit][: cfg.worst]]
+        items[rule] = [
+            (i, f"{fmt(float(score[i]))} {_label(audit, i)}") for i in order[hit][: cfg.worst]
+        ]
         near = order[audit.keep[order]][: cfg.worst // 2]
-        items[f"{rule}_kept"] = [(i, f"{score[i]:.3g} {_label(audit, i)}") for i in near]
+        items[f"{rule}_kept"] = [(i, f"{fmt(float(score[i]))} {_label(audit, i)}") for i in near]
     items["exact"] = [
         (i, f"{'kept' if audit.keep[i] else 'dropped'} {_label(audit, i)}")
         for group in audit.dups.exact_groups[:6]
@@ -145,7 +84,6 @@ FEATURE_HEAD = [
     "point-biserial r",
     "p",
     "AUC",
-    "LR coef",
 ]
 RULE_TITLES = {
     "unreadable": "Unreadable",
@@ -226,7 +164,7 @@ def _about_html(s: dict, tiles: Any) -> str:
         '</div></div><div class="two"><div><h3>Ids checked against pixel hashes</h3>',
         f"<p>{_id_text(a)}</p></div><div>",
         "<h3>Could not be read (listed, excluded from everything else)</h3>",
-        _table(["id", "location", "reason"], bad) if bad else '<p class="note">none</p>',
+        _table(["id", "location", "reason"], bad) if bad else '<p class="small">none</p>',
         "</div></div>",
     ]
     if a["indexing_problems"]:
@@ -255,7 +193,7 @@ def _distributions_html(s: dict, audit: Audit) -> str:
             "<h3>Label balance</h3>",
             figures.balance_figure(s["about"]),
             "<h3>RGB, HSV and H&amp;E (rgb2hed) per class, whole patch</h3>",
-            f'<p class="note">Pixel densities from {d["histogram_pixels"]}.</p>',
+            f'<p class="small">Pixel densities from {d["histogram_pixels"]}.</p>',
             figures.hist_figure(d, by_region=False),
             "<h3>Centre 32x32 (solid) versus border (dashed)</h3>",
             figures.hist_figure(d, by_region=True),
@@ -270,12 +208,11 @@ def _distributions_html(s: dict, audit: Audit) -> str:
 def _correlations_html(s: dict, audit: Audit) -> str:
     c = s["correlations"]
     if "skipped" in c:
-        return f'<p class="note">No label analysis: {escape(str(c["skipped"]))}.</p>'
+        return f'<p class="small">No label analysis: {escape(str(c["skipped"]))}.</p>'
     base = c["baseline"]["all"]
-    coef = base["standardised_coefficients"]
     rows = [
         [f["feature"], f["description"], f["mean_negative"], f["mean_positive"],
-         f["point_biserial_r"], f["p_value"], f["auc"], coef[f["feature"]]]
+         f["point_biserial_r"], p_value(f["p_value"]), f["auc"]]
         for f in c["features"]
     ]  # fmt: skip
     kept = c["baseline"].get("kept")
@@ -290,8 +227,10 @@ def _correlations_html(s: dict, audit: Audit) -> str:
         [
             "<h3>Simple per-patch features against the label</h3>",
             _table(FEATURE_HEAD, rows),
-            '<p class="note">AUC above 0.5: the feature is higher in positives. LR coef: '
-            "standardised logistic-regression coefficient (all features together).</p>",
+            '<p class="small">AUC above 0.5: the feature is higher in positives; each feature '
+            "alone. The colour means are strongly correlated with one another (right), so the "
+            "logistic regression's coefficients would split their weight arbitrarily and can "
+            "take the opposite sign to a feature's own AUC: they are not shown.</p>",
             '<div class="two"><div><h3>Baseline: logistic regression on these features</h3>',
             f"<p>Standardised features, {base['folds']}-fold stratified cross-validation on "
             f"{base['n']:,} labelled patches: <b>AUC {base['auc_mean']:.3f} ± "
@@ -306,20 +245,54 @@ def _correlations_html(s: dict, audit: Audit) -> str:
     )
 
 
-def _outliers_html(s: dict, tiles: Any) -> str:
+def _shown(n_shown: int, n_all: int, order: str) -> str:
+    if n_all == 0:
+        return ""
+    if n_shown >= n_all:
+        return f"All {n_all:,} shown, {order}."
+    return f"{n_shown:,} of {n_all:,} shown, {order}; every id is in clean_manifest.csv."
+
+
+def _evidence_html(o: dict) -> str:
+    """The colour rule's evidence: which colour features make each flagged patch stand out."""
+    rows = [
+        [e["id"][:16], {0: "negative", 1: "positive"}.get(e["label"], "unlabelled"),
+         f"{e['score']:.1f}", ", ".join(f"{k} {v:+.1f}" for k, v in e["z"].items())]
+        for e in o["colour_outlier"].get("evidence", [])[:12]
+    ]  # fmt: skip
+    if not rows:
+        return ""
+    return (
+        "<p class='small'>Evidence: the colour score is the distance to the patch's k-th nearest "
+        "neighbour in colour-feature space over the median such distance. Below, the three "
+        "colour features furthest from the median, as robust z-scores (|z| &gt; 3 is "
+        "unusual). These patches are marked <b>review</b> in the manifest, not removed: the "
+        "rule also catches ordinary dense lymphoid tissue.</p>"
+        + _table(["id", "label", "score", "what stands out (z)"], rows)
+    )
+
+
+def _outliers_html(s: dict, tiles: Any, counts: dict[str, int]) -> str:
     o, rules = s["outliers"], s["cleaning"]["rules"]
-    parts = ['<p class="note">Where each threshold (red) falls in its distribution.</p>']
+    parts = [
+        '<p class="small">Where each threshold (red dashes) falls in the distribution of its '
+        "score; y axis: patches per bin (log scale).</p>"
+    ]
     parts.append(s["_rules_figure"])
     for rule in ("near_black", "near_white", "background", "blurred", "colour_outlier"):
         r = o[rule]
+        review = " (marked review, not removed)" if rule == "colour_outlier" else ""
         parts += [
-            f"<h3>{RULE_TITLES[rule]}: {r['count']:,}</h3>",
-            f'<p class="note">{escape(rules[rule])}. By class: '
-            f"{_classes(r['by_class']) or 'none'}. Caption: {r['score']} and label.</p>",
+            f"<h3>{RULE_TITLES[rule]}: {r['count']:,}{review}</h3>",
+            f'<p class="small">{escape(rules[rule])}. By class: '
+            f"{_classes(r['by_class']) or 'none'}. Caption: {r['score']} and label. "
+            f"{_shown(counts[rule], r['count'], 'most extreme first')}</p>",
             tiles(rule, 2),
-            "<p class='note'>Kept (by every rule), closest to this threshold:</p>",
+            "<p class='small'>Kept (by every rule), closest to this threshold:</p>",
             tiles(f"{rule}_kept", 2),
         ]
+        if rule == "colour_outlier":
+            parts.append(_evidence_html(o))
     d = o["duplicates"]
     parts += [
         f"<h3>Exact duplicates: {d['exact_groups']:,} groups, {d['exact_extra_copies']:,} extra "
@@ -328,7 +301,7 @@ def _outliers_html(s: dict, tiles: Any) -> str:
         f"<h3>Near-duplicates: {d['near_pairs']:,} pairs in {d['near_groups']:,} groups "
         f"(pHash within {d['near_max_bits']} bits), {d['near_label_conflict_groups']:,} groups "
         "with conflicting labels</h3>",
-        '<p class="note">64-bit perceptual hash (DCT of the grey image), confirmed by 8x8 grey '
+        '<p class="small">64-bit perceptual hash (DCT of the grey image), confirmed by 8x8 grey '
         "thumbnails; searched among patches with tissue (blank patches hash to noise).</p>",
         tiles("near", 2),
     ]
@@ -344,22 +317,27 @@ def _cleaning_html(s: dict) -> str:
     c = s["cleaning"]
     groups = [g for g in af.GROUPS if s["about"]["by_class"][g]]
     rows = [
-        [RULE_TITLES[rule], text, *(c["hits"][rule][g] for g in groups)]
+        [RULE_TITLES[rule], text + (" (review)" if rule in c["review_rules"] else ""),
+         *(c["hits"][rule][g] for g in groups)]
         for rule, text in c["rules"].items()
-    ]
+    ]  # fmt: skip
     rows.append(["Removed (any rule)", "", *(c["removed"][g] for g in groups)])
-    rows.append(["Kept", "", *(c["kept"][g] for g in groups)])
+    rows.append(["Kept, to review", "", *(c["review"][g] for g in groups)])
+    rows.append(["Kept (including review)", "", *(c["kept"][g] for g in groups)])
     return "".join(
         [
             _table(["rule", "removes", *groups], rows),
             f"<p>{c['removed_total']:,} of {s['about']['patches']:,} patches removed "
-            f"({_pct(s)}); {c['kept_total']:,} kept. A patch can hit several rules. Of each "
+            f"({_pct(s)}); {c['kept_total']:,} kept, of which {c['review_total']:,} are marked "
+            "<b>review</b> (colour outliers: unusual colour, often dense lymphoid tissue, "
+            "worth a look rather than a silent drop). A patch can hit several rules. Of each "
             "duplicate group the first patch that no other rule removes is kept; exact copies "
             "with different labels are all dropped. Thresholds are options of "
             "<code>histoscan audit</code>; each can be switched off.</p>",
             "<p><code>clean_manifest.csv</code> has one row per patch: <code>id,label,keep,"
-            "reason</code> (keep 1/0, reason: the rules hit). Train on the kept ones with "
-            "<code>histoscan train DATA --manifest clean_manifest.csv</code>.</p>",
+            "reason</code> (keep 1, 0 or review; reason: the rules hit). "
+            "<code>histoscan train DATA --manifest clean_manifest.csv</code> trains on the "
+            "rows with keep 1; set a review row to 1 to include it.</p>",
         ]
     )
 
@@ -371,30 +349,25 @@ def render_page(s: dict, audit: Audit) -> str:
     wanted = sorted({i for group in items.values() for i, _ in group})
     images = dict(zip(wanted, audit.source.read_many(wanted), strict=True)) if wanted else {}
 
-    def tiles(key: str, scale: int) -> str:
-        return _tiles(audit, items[key], scale, images)
+    def grid(key: str, scale: int) -> str:
+        return tiles([(images[i], audit.source.ids[i], text) for i, text in items[key]], scale)
 
+    counts = {key: len(group) for key, group in items.items()}
     s = {**s, "_rules_figure": figures.rules_figure(audit)}
     body = {
-        "about": _about_html(s, tiles),
+        "about": _about_html(s, grid),
         "distributions": _distributions_html(s, audit),
         "correlations": _correlations_html(s, audit),
-        "outliers": _outliers_html(s, tiles),
+        "outliers": _outliers_html(s, grid, counts),
         "cleaning": _cleaning_html(s),
     }
-    nav = "".join(f'<a href="#{k}">{escape(v)}</a>' for k, v in SECTIONS.items())
-    sections = "".join(
-        f'<section id="{k}"><h2>{escape(SECTIONS[k])}</h2>{html}</section>'
-        for k, html in body.items()
-    )
     seconds = {**s["seconds"], "plots and HTML": time.perf_counter() - started}
-    seconds = [[k, v] for k, v in seconds.items()]
+    sections = [Section(k, NAV[k], SECTIONS[k], html) for k, html in body.items()]
+    timing = _table(["stage", "seconds"], [[k, v] for k, v in seconds.items()])
+    sections.append(Section("run", "Run", "Run", timing))
     command = f"<code>{escape(s['command'])}</code>" if s.get("command") else ""
-    return (
-        f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>Data audit: {escape(s['source']['root'])}</title><style>{CSS}</style></head>"
-        f"<body><main><h1>Data audit</h1>"
-        f'<p class="meta">{escape(s["source"]["description"])}<br>histoscan '
-        f"{escape(s['histoscan_version'])} {command}</p><nav>{nav}</nav>{sections}"
-        f"<h2>Run</h2>{_table(['stage', 'seconds'], seconds)}</main></body></html>"
+    subtitle = (
+        f"{escape(s['source']['description'])}<br>histoscan "
+        f"{escape(s['histoscan_version'])} {command}"
     )
+    return render_base(f"Data audit: {s['source']['root']}", "Data audit", subtitle, sections)

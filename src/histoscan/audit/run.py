@@ -62,13 +62,17 @@ def write_report(folder: Path, audit: Audit, started: float) -> dict:
 
 
 def write_manifest(path: Path, audit: Audit) -> None:
-    """One row per patch: id, label (empty if unlabelled), keep (1/0), reason (rules hit)."""
-    keep = audit.keep
-    reasons = {int(i): audit.reasons(i) for i in np.flatnonzero(~keep)}
+    """One row per patch: id, label (empty if unlabelled), keep, reason (the rules hit).
+
+    keep is 1 (clean), 0 (removed) or ``review`` (only a review rule hit, e.g. a colour outlier:
+    ``prepare``/``train --manifest`` leave it out until a person sets it to 1).
+    """
+    flagged = {int(i): audit.reasons(i) for i in np.flatnonzero(~audit.keep | audit.review)}
     labels = audit.source.labels.tolist()
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(["id", "label", "keep", "reason"])
         for i, key in enumerate(audit.source.ids):
             label = "" if labels[i] < 0 else labels[i]
-            writer.writerow([key, label, 0 if i in reasons else 1, reasons.get(i, "")])
+            keep = "review" if audit.review[i] else 1 if audit.keep[i] else 0
+            writer.writerow([key, label, keep, flagged.get(i, "")])

@@ -141,6 +141,12 @@ def _outliers(audit: Audit, groups: np.ndarray) -> dict:
             "score": name,
             "worst": [{"id": audit.source.ids[i], "score": float(score[i])} for i in worst[:50]],
         }
+    out["colour_outlier"]["evidence"] = colour_evidence(
+        audit,
+        np.flatnonzero(audit.flags["colour_outlier"])[
+            np.argsort(-audit.colour[audit.flags["colour_outlier"]])
+        ][:50],
+    )
     from histoscan.audit.core import split_names
 
     dups, labels, splits = audit.dups, audit.source.labels, split_names(audit.source)
@@ -173,15 +179,48 @@ def _outliers(audit: Audit, groups: np.ndarray) -> dict:
 
 
 def _cleaning(audit: Audit, groups: np.ndarray) -> dict:
-    keep = audit.keep
+    """Counts per rule and class; "kept" includes the patches marked for review."""
+    from histoscan.audit.core import REVIEW_RULES
+
+    keep, review = audit.keep, audit.review
     return {
         "rules": audit.cfg.rules(),
+        "review_rules": list(REVIEW_RULES),
         "hits": {rule: _by_group(hit, groups) for rule, hit in audit.flags.items()},
         "removed": _by_group(~keep, groups),
         "kept": _by_group(keep, groups),
+        "review": _by_group(review, groups),
         "removed_total": int((~keep).sum()),
         "kept_total": int(keep.sum()),
+        "review_total": int(review.sum()),
     }
+
+
+def colour_evidence(audit: Audit, indices: np.ndarray) -> list[dict]:
+    """Why the colour rule flagged each patch: its colour features as robust z-scores.
+
+    z = (value - median) / (1.4826 x MAD) over the patches with tissue, so |z| > 3 is unusual;
+    the three largest |z| name what makes the patch stand out.
+    """
+    ok = np.isfinite(audit.colour)
+    out = []
+    for i in indices:
+        z = {}
+        for name in af.COLOUR_FEATURES:
+            x = audit.scan.feature(name)[ok].astype(np.float64)
+            med = float(np.median(x))
+            mad = float(np.median(np.abs(x - med))) * 1.4826 or 1.0
+            z[name] = (float(audit.scan.feature(name)[i]) - med) / mad
+        top = sorted(z, key=lambda k: -abs(z[k]))[:3]
+        out.append(
+            {
+                "id": audit.source.ids[i],
+                "score": float(audit.colour[i]),
+                "label": int(audit.source.labels[i]),
+                "z": {k: round(z[k], 2) for k in top},
+            }
+        )
+    return out
 
 
 def _correlations(audit: Audit) -> dict:

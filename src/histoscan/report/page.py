@@ -8,7 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from histoscan.report.blocks import CSS, esc, img, pct, plural, table, wilson
+from histoscan.report.blocks import Section, esc, img, pct, plural, render_page, table, wilson
 from histoscan.report.build import ReportData
 
 SECTIONS = {
@@ -39,44 +39,44 @@ TTA_WORDS = {
 
 
 def render(d: ReportData) -> str:
-    """The whole page as one HTML string."""
+    """The whole page as one HTML string, on the base template shared with the audit page."""
     from histoscan import __version__
 
     card = d.mf.card
     name = card.get("name") or card.get("model") or d.mf.spec.name
-    parts = [
-        f"<h1>Model report: {esc(name)}</h1>",
-        f"<p class=sub>{esc(d.mf.path)} &middot; evaluated on {esc(d.source.describe())} "
-        f"&middot; generated {time.strftime('%Y-%m-%d %H:%M')}</p>",
-        "<nav>"
-        + "".join(f'<a href="#{k}">{t}</a>' for k, t in zip(SECTIONS, NAV, strict=True))
-        + "</nav>",
+    subtitle = (
+        f"{esc(d.mf.path)} &middot; evaluated on {esc(d.source.describe())} "
+        f"&middot; generated {time.strftime('%Y-%m-%d %H:%M')}"
+    )
+    bodies = [
+        _summary(d),
+        _training(d),
+        _metrics(d),
+        _calibration(d),
+        _gradcam(d),
+        _embedding(d),
+        _mislabels(d),
+        _audit(d),
     ]
-    for section in (
-        _summary,
-        _training,
-        _metrics,
-        _calibration,
-        _gradcam,
-        _embedding,
-        _mislabels,
-        _audit,
-    ):
-        parts.append(section(d))
-    parts.append(
-        f"<footer>histoscan {esc(__version__)}. Reproduce: <code>histoscan report "
-        f"{esc(d.mf.path)} --data {esc(d.source.root)} --out report.html</code></footer>"
-    )
-    return (
-        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>{esc(name)}: model report</title><style>{CSS}</style></head><body><main>\n"
-        + "\n".join(parts)
-        + "\n</main></body></html>\n"
-    )
+    sections = [
+        Section(key, nav, SECTIONS[key], body)
+        for key, nav, body in zip(SECTIONS, NAV, bodies, strict=True)
+    ]
+    footer = f"histoscan {esc(__version__)}. Reproduce: <code>{esc(_command(d))}</code>"
+    return render_page(f"{name}: model report", f"Model report: {name}", subtitle, sections, footer)
+
+
+def _command(d: ReportData) -> str:
+    """The command that made this page, as recorded by the CLI (else rebuilt from the data)."""
+    recorded = getattr(d, "command", None)
+    if recorded:
+        return recorded
+    return f"histoscan report {d.source.root} --model {d.mf.path} --out report.html"
 
 
 def _section(key: str, body: str) -> str:
-    return f'<section id="{key}"><h2>{esc(SECTIONS[key])}</h2>{body}</section>'
+    """A section's body (the base template adds the anchor and the heading)."""
+    return body
 
 
 def _summary(d: ReportData) -> str:
@@ -129,7 +129,7 @@ def _what(d: ReportData) -> str:
 
 def _training(d: ReportData) -> str:
     card, spec = d.mf.card, d.mf.spec
-    n_params = d.n_params
+    n_params = sum(p.numel() for p in d.mf.net.parameters())
     secs = card.get("train_seconds")
     cfg = card.get("config") or {}
     recipe = ", ".join(
