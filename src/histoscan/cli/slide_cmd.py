@@ -54,9 +54,12 @@ def slide(
         ),
     ] = None,
     min_tissue: Annotated[
-        float,
-        typer.Option(help="Score a tile when at least this fraction of it is tissue."),
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            help="Score a tile when at least this fraction of it is tissue (default 0.2).",
+            metavar="FRACTION",
+        ),
+    ] = None,
     executor: Annotated[
         str, typer.Option(help="local (this process) or ray (Ray Data, an actor pool).")
     ] = "local",
@@ -85,7 +88,7 @@ def slide(
         tta=tta,
         threshold=None if threshold is None else predictor.threshold(threshold),
         batch_size=batch_size,
-        min_tissue=min_tissue,
+        **({} if min_tissue is None else {"min_tissue": min_tissue}),
     )
     results = run_slides(
         slides,

@@ -34,12 +34,12 @@ from histoscan.slide.heatmap import render_heatmap
 from histoscan.slide.lesions import TOP_K, find_lesions, slide_scores, write_lesions
 from histoscan.slide.reader import SlideReader, open_slide
 from histoscan.slide.tiling import TilePlan, plan_tiles, read_tiles, tissue_fractions
-from histoscan.slide.tissue import check_colour, closing_radius_px, tissue_mask
+from histoscan.slide.tissue import check_colour, closing_radius_px, dust_area_px, tissue_mask
 
 log = logging.getLogger(__name__)
 
-MIN_TISSUE_FRACTION = 0.1  # tiles with less tissue than this are background, never scored
-TISSUE_DETECTOR = "sat0.06-od0.07-close30um"  # recorded: a new detector means new outputs
+MIN_TISSUE_FRACTION = 0.2  # tiles with less tissue than this are background, never scored
+TISSUE_DETECTOR = "sat0.06-od0.07-dust15um-close30um"  # recorded: a new detector means new outputs
 THUMB_PX_PER_TILE = 16  # thumbnail resolution: about this many pixels per tile side ...
 THUMB_MAX_PX = (1024, 4096)  # ... but at least this for a legible heatmap, and at most this
 TILES_HEADER = ("x", "y", "width", "height", "p_tumor", "tissue_fraction")
@@ -196,10 +196,12 @@ def locate_tissue(
     thumbnail, scale = slide_thumbnail(reader, plan)
     check_colour(thumbnail, str(reader.path))
     tile_thumb_px = plan.tile_l0 / max(scale)  # a tile's side in thumbnail pixels
+    thumb_mpp = mpp0 * max(scale)
     mask = tissue_mask(
         thumbnail,
         min_object_px=int(tile_thumb_px**2 / 4),
-        closing_px=closing_radius_px(mpp0 * max(scale)),
+        closing_px=closing_radius_px(thumb_mpp),
+        dust_px=dust_area_px(thumb_mpp),
     )
     fractions = tissue_fractions(mask, plan, scale)
     rows, cols = np.nonzero(fractions >= settings.min_tissue)

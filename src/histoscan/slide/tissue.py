@@ -8,9 +8,10 @@ resolution) keep less than 10 % tissue, and 3 of the 53 glass-only patches are t
 A data-driven split (Otsu) was what lost pale stroma and fat before: on a slide that is mostly
 tissue it separates dark tissue from pale tissue, not tissue from glass.
 
-Then, as TIAToolbox's MorphologicalMasker does with a dilation sized in micrometres, a closing
-of a physical radius (fat cells and the gaps of loose stroma are tissue), removal of specks
-smaller than a fraction of a tile (dust), and filling of small holes.
+Then morphology sized in micrometres, as TIAToolbox's MorphologicalMasker sizes its dilation
+from the resolution: specks under 15 um go first (dust, so scattered dust is not closed into a
+blob), a closing of 30 um radius joins fat cells and the gaps of loose stroma, objects under a
+quarter of a tile go, and small holes are filled.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from histoscan.errors import DataError
 SATURATION_FLOOR = 0.06  # glass: below 0.03 in the real sample; pale eosin: 0.06-0.1
 OD_FLOOR = 0.07  # optical density of the densest channel: glass 0.02-0.06
 CLOSING_UM = 30.0  # closing radius: fat cells are 50-150 um across
+DUST_UM = 15.0  # specks narrower than this are dust (a lymphocyte is 7-10 um; tissue is more)
 GREY_SPREAD = 3  # a colour slide has pixels whose channels differ by more than this
 
 
@@ -43,6 +45,7 @@ def tissue_mask(
     thumbnail: np.ndarray,
     min_object_px: int = 16,
     closing_px: int = 0,
+    dust_px: int = 0,
 ) -> np.ndarray:
     """Boolean (H, W) tissue mask of a uint8 RGB thumbnail.
 
@@ -51,6 +54,8 @@ def tissue_mask(
         min_object_px: specks of tissue up to this many thumbnail pixels are dropped (dust), and
             holes up to this size inside tissue are filled.
         closing_px: radius in thumbnail pixels of the morphological closing (0: none).
+        dust_px: specks up to this many pixels are dropped before the closing, so that
+            scattered dust is not closed into a blob.
     """
     from scipy.ndimage import binary_closing
     from skimage.morphology import disk, remove_small_holes, remove_small_objects
@@ -58,6 +63,8 @@ def tissue_mask(
     if thumbnail.size == 0:
         return np.zeros(thumbnail.shape[:2], dtype=bool)
     mask = (saturation(thumbnail) >= SATURATION_FLOOR) | (optical_density(thumbnail) >= OD_FLOOR)
+    if dust_px > 0:
+        mask = remove_small_objects(mask, max_size=dust_px)
     if closing_px > 0 and mask.any():
         # pad with background so the closing neither grows from nor shrinks at the border
         padded = np.pad(mask, closing_px)
@@ -73,6 +80,11 @@ def tissue_mask(
 def closing_radius_px(thumb_mpp: float) -> int:
     """The closing radius in thumbnail pixels of ``thumb_mpp`` micrometres."""
     return round(CLOSING_UM / thumb_mpp) if thumb_mpp > 0 else 0
+
+
+def dust_area_px(thumb_mpp: float) -> int:
+    """Pixels of a disk DUST_UM across, in thumbnail pixels of ``thumb_mpp`` micrometres."""
+    return int(np.pi * (DUST_UM / 2 / thumb_mpp) ** 2) if thumb_mpp > 0 else 0
 
 
 def check_colour(thumbnail: np.ndarray, where: str) -> None:
