@@ -235,3 +235,17 @@ def test_corrupted_real_images_give_a_data_error(
     except DataError:
         return
     assert image.shape == (96, 96, 3)
+
+
+def test_predict_on_a_kaggle_root_predicts_test_not_train(
+    tiny_kaggle: Path, tmp_path: Path, untrained_model_file: Path
+) -> None:
+    test_ids = sorted(p.stem for p in (tiny_kaggle / "test").iterdir())
+    assert sorted(open_source(tiny_kaggle, prefer_split="test").ids) == test_ids
+    assert len(open_source(tiny_kaggle)) == 8  # verify/prepare/train still take train/
+    out = tmp_path / "sub.csv"
+    result = cli("predict", tiny_kaggle, "-o", out, "-m", untrained_model_file,
+                 "--engine", "torch", "--tta", "none", "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(out.open()))
+    assert sorted(r["id"] for r in rows) == test_ids

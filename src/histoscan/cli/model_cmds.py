@@ -186,7 +186,7 @@ def predict(
     from histoscan.predict import Predictor, write_predictions
 
     predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
-    source = open_source(data, labels=labels, split=split)
+    source = open_source(data, labels=labels, split=split, prefer_split="test")
     if len(source) == 0:
         raise DataError(f"{data}: no patches found")
     dup = [p for p in source.problems if p.kind == "duplicate id"]

@@ -358,7 +358,10 @@ def open_kaggle(root: Path, split: str | None) -> FileSource | None:
 
 
 def open_source(
-    path: str | Path, labels: str | Path | None = None, split: str | None = None
+    path: str | Path,
+    labels: str | Path | None = None,
+    split: str | None = None,
+    prefer_split: str | None = None,
 ) -> PatchSource:
     """Open whatever the user points at: a store, PCam HDF5, Kaggle root, class or image folder.
 
@@ -367,6 +370,8 @@ def open_source(
             with class subfolders, or a plain folder of images.
         labels: an ``id,label`` CSV for a plain image folder.
         split: ``train``/``valid``/``test`` for PCam, ``train``/``test`` for a Kaggle root.
+        prefer_split: the split to take, when ``split`` is not given and the data has it
+            (``predict`` prefers ``test``); otherwise ``train`` when present.
     """
     from histoscan.data.pcam import open_pcam
     from histoscan.data.store import PatchStore, is_store
@@ -377,12 +382,14 @@ def open_source(
     if is_store(path):
         return PatchStore(path)
     if path.is_file() or any(PCAM_RE.match(p.name) for p in _safe_iterdir(path)):
-        return open_pcam(path, split)
+        return open_pcam(path, split or _preferred_pcam(path, prefer_split))
     if labels is not None:
         labels = Path(labels)
         if not labels.is_file():
             raise DataError(f"{labels}: no such labels file")
         return open_labelled_folder(path, labels, "image folder")
+    if split is None and prefer_split and (path / prefer_split).is_dir():
+        split = prefer_split  # e.g. predict on a Kaggle root: test/, not train/
     kaggle = open_kaggle(path, split)
     if kaggle is not None:
         return kaggle
@@ -396,6 +403,14 @@ def open_source(
     if len(source) == 0:
         raise DataError(f"{path}: no images found (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
     return source
+
+
+def _preferred_pcam(path: Path, prefer_split: str | None) -> str | None:
+    if prefer_split is None or not path.is_dir():
+        return None
+    names = {p.name for p in path.iterdir()}
+    stem = f"camelyonpatch_level_2_split_{prefer_split}_x.h5"
+    return prefer_split if stem in names or f"{stem}.gz" in names else None
 
 
 def _safe_iterdir(path: Path) -> list[Path]:
