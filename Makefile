@@ -28,8 +28,9 @@ demo: $(STAMP)
 	$(RUN)$(BIN)/histoscan prepare $(DATA)/train --out $(OUT)/train-store --overwrite
 	$(RUN)$(BIN)/histoscan evaluate $(OUT)/train-store --subset val --out $(OUT)/eval
 	$(RUN)$(BIN)/histoscan predict $(DATA)/test --output $(OUT)/submission.csv
-	$(RUN)$(BIN)/histoscan report "$$($(BIN)/python -c 'from histoscan.models.bundle import bundled_model_path as p; print(p())')" \
-		--data $(OUT)/train-store --out $(OUT)/report.html
+	$(RUN)$(BIN)/histoscan audit $(OUT)/train-store --out $(OUT)/audit --overwrite --quiet
+	$(RUN)$(BIN)/histoscan report $(OUT)/train-store --audit $(OUT)/audit/audit.json \
+		--out $(OUT)/report.html
 	@echo "report: $(abspath $(OUT)/report.html)"
 
 test: $(STAMP) lint

@@ -64,7 +64,7 @@ def test_help_reads_as_words(name: str):
     command = GROUP.commands[name]  # type: ignore[attr-defined]
     assert command.help and command.help.strip()
     for param in set(options_of(name).values()):
-        if param.name == "help":
+        if param.name == "help" or param.hidden:
             continue
         assert param.help and len(param.help) > 8, f"{name} {param.opts}: no help text"
         numeric = param.type_descriptor.annotation in (int, float)

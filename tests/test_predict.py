@@ -206,7 +206,7 @@ def test_threshold_rules_use_validation_data() -> None:
 def test_predict_cli_writes_a_kaggle_submission(real_root: Path, tmp_path: Path) -> None:
     out = tmp_path / "submission.csv"
     result = runner.invoke(
-        app, ["predict", str(real_root / "test"), "--output", str(out), "--tta", "flip", "--quiet"]
+        app, ["predict", str(real_root / "test"), "--out", str(out), "--tta", "flip", "--quiet"]
     )
     assert result.exit_code == 0, result.output
     rows = list(csv.DictReader(open(out)))

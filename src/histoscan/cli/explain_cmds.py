@@ -19,7 +19,8 @@ from histoscan.cli.options import (
 )
 
 LimitOpt = Annotated[
-    int | None, typer.Option(min=1, help="Use at most this many patches (random, seed 0).")
+    int | None,
+    typer.Option(min=1, help="Use at most this many patches (random, seed 0; default: all)."),
 ]
 TtaOpt = Annotated[
     str,

@@ -215,7 +215,7 @@ def export_onnx_cmd(
 ) -> None:
     """Export a model (preprocessing and calibration included) to ONNX for onnxruntime.
 
-    Save it beside the model as <stem>.onnx (fp32) or <stem>.int8.onnx and `predict --engine`
+    Save it beside the model as STEM.onnx (fp32) or STEM.int8.onnx and `predict --engine`
     picks it up; `auto` uses the int8 file when present on a CPU.
     """
     import numpy as np

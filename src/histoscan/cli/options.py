@@ -48,6 +48,18 @@ TtaOpt = Annotated[
     ),
 ]
 
+
+def train_help(field: str, text: str) -> str:
+    """Help for a train option that overrides a TrainConfig field, with the field's default."""
+    import dataclasses
+
+    from histoscan.config import TrainConfig
+
+    default = {f.name: f.default for f in dataclasses.fields(TrainConfig)}[field]
+    shown = "the model's own" if default is None else default
+    return f"{text} (default: {shown}, or the --config file's)"
+
+
 _WORDS = {int: "N", float: "NUMBER", str: "TEXT", Path: "PATH"}
 
 

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from histoscan.cli.app import command
-from histoscan.cli.options import DeviceOpt, EngineOpt
+from histoscan.cli.options import DeviceOpt, EngineOpt, TtaOpt
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,7 @@ def serve(
     host: Annotated[
         str, typer.Option(help="Address to bind; other machines need 0.0.0.0.")
     ] = "127.0.0.1",
-    port: Annotated[int, typer.Option(min=1, max=65535)] = 8000,
+    port: Annotated[int, typer.Option(min=1, max=65535, help="TCP port to listen on.")] = 8000,
     token: Annotated[
         str | None,
         typer.Option(
@@ -48,7 +48,7 @@ def serve(
     resize: Annotated[
         bool, typer.Option(help="Accept patches of other sizes, resized to 96.")
     ] = False,
-    tta: Annotated[str, typer.Option(help="Patch TTA: none, flip or d4.")] = "d4",
+    tta: TtaOpt = "d4",
     max_batch: Annotated[int, typer.Option(min=1, help="Most patches per forward pass.")] = 64,
     allow_origin: Annotated[
         list[str] | None,

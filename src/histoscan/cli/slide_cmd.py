@@ -37,7 +37,7 @@ def slide(
     mpp: Annotated[
         float | None,
         typer.Option(
-            help="Micrometres per level-0 pixel, when the slide does not say (or says wrong)."
+            help="Micrometres per level-0 pixel (default: what the slide says; needed when it says nothing or wrong)."
         ),
     ] = None,
     stride_px: Annotated[

@@ -76,6 +76,7 @@ class ReportData:
     cases: dict[str, Any] = field(default_factory=dict)
     embedding: Any = None
     audit: dict[str, Any] | None = None
+    command: str | None = None  # the command line that made the page
     mislabel_rows: list[list[Any]] = field(default_factory=list)  # id, label, prob, cluster
     seconds: dict[str, float] = field(default_factory=dict)
 

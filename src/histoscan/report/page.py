@@ -68,9 +68,8 @@ def render(d: ReportData) -> str:
 
 def _command(d: ReportData) -> str:
     """The command that made this page, as recorded by the CLI (else rebuilt from the data)."""
-    recorded = getattr(d, "command", None)
-    if recorded:
-        return recorded
+    if d.command:
+        return d.command
     return f"histoscan report {d.source.root} --model {d.mf.path} --out report.html"
 
 
@@ -129,7 +128,7 @@ def _what(d: ReportData) -> str:
 
 def _training(d: ReportData) -> str:
     card, spec = d.mf.card, d.mf.spec
-    n_params = sum(p.numel() for p in d.mf.net.parameters())
+    n_params = d.n_params
     secs = card.get("train_seconds")
     cfg = card.get("config") or {}
     recipe = ", ".join(
