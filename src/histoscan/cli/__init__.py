@@ -7,6 +7,7 @@ from histoscan.cli import (  # noqa: F401  (importing registers the subcommands)
     model_cmds,
     serve_cmd,
     slide_cmd,
+    slide_eval_cmd,
 )
 from histoscan.cli.app import app
 from histoscan.cli.options import name_placeholders

@@ -37,7 +37,7 @@ def slide(
     mpp: Annotated[
         float | None,
         typer.Option(
-            help="Micrometres per level-0 pixel (default: what the slide says; needed when it says nothing or wrong)."
+            help="Micrometres per level-0 pixel (default: what the slide says, if it says)."
         ),
     ] = None,
     stride_px: Annotated[
