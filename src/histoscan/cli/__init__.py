@@ -2,6 +2,7 @@
 
 from histoscan.cli import (  # noqa: F401  (importing registers the subcommands)
     audit_cmd,
+    compare_cmd,
     data_cmds,
     explain_cmds,
     model_cmds,

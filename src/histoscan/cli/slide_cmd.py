@@ -26,7 +26,7 @@ def slide(
         typer.Option(
             "--out",
             "-o",
-            help="Output folder: one slide's outputs, or DIR/<stem>/ per slide + slides.csv.",
+            help="Output folder: one slide's outputs, or DIR/STEM/ per slide + slides.csv.",
             metavar="DIR",
         ),
     ],

@@ -19,8 +19,8 @@ def slide_eval(
     annotations: Annotated[
         Path,
         typer.Option(
-            help="Folder of tumour annotations per slide: <stem>.geojson (QuPath) or "
-            "<stem>.xml (ASAP), level-0 pixels.",
+            help="Folder of tumour annotations per slide: STEM.geojson (QuPath) or "
+            "STEM.xml (ASAP), level-0 pixels.",
             metavar="DIR",
         ),
     ],
