@@ -169,3 +169,16 @@ def test_header_claiming_100000_px_is_one_line_not_a_memory_error(
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and result.output.count("\n") == 1
     assert "100000x100000" in result.output and "damaged header" in result.output
+
+
+@pytest.mark.parametrize("radius", [1, 3, 6])
+def test_fast_closing_equals_scipy_with_a_disk_footprint(radius: int) -> None:
+    from scipy.ndimage import binary_closing
+    from skimage.morphology import disk
+
+    from histoscan.slide.tissue import close_disk
+
+    mask = np.random.default_rng(radius).random((120, 150)) < 0.08
+    pad = radius + 1  # scipy's closing with background around the image
+    expected = binary_closing(np.pad(mask, pad), structure=disk(radius).astype(bool))
+    assert (close_disk(mask, radius) == expected[pad:-pad, pad:-pad]).all()

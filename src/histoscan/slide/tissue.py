@@ -57,8 +57,7 @@ def tissue_mask(
         dust_px: specks up to this many pixels are dropped before the closing, so that
             scattered dust is not closed into a blob.
     """
-    from scipy.ndimage import binary_closing
-    from skimage.morphology import disk, remove_small_holes, remove_small_objects
+    from skimage.morphology import remove_small_holes, remove_small_objects
 
     if thumbnail.size == 0:
         return np.zeros(thumbnail.shape[:2], dtype=bool)
@@ -66,15 +65,28 @@ def tissue_mask(
     if dust_px > 0:
         mask = remove_small_objects(mask, max_size=dust_px)
     if closing_px > 0 and mask.any():
-        # pad with background so the closing neither grows from nor shrinks at the border
-        padded = np.pad(mask, closing_px)
-        mask = binary_closing(padded, structure=disk(closing_px).astype(bool))[
-            closing_px:-closing_px, closing_px:-closing_px
-        ]
+        mask = close_disk(mask, closing_px)
     if min_object_px > 0:
         mask = remove_small_objects(mask, max_size=min_object_px)
         mask = remove_small_holes(mask, max_size=min_object_px)
     return mask
+
+
+def close_disk(mask: np.ndarray, radius: float) -> np.ndarray:
+    """Binary closing with a disk of ``radius`` pixels, through two Euclidean distance maps.
+
+    Dilation keeps pixels within ``radius`` of the mask, erosion keeps pixels farther than
+    ``radius`` from what the dilation left out: the same as a disk-shaped footprint (up to
+    where the disk's rim falls between pixels), in linear time instead of radius² per pixel.
+    Outside the image counts as background, so nothing grows in from the border.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    pad = int(np.ceil(radius)) + 1
+    padded = np.pad(mask, pad)
+    dilated = distance_transform_edt(~padded) <= radius
+    closed = distance_transform_edt(dilated) > radius
+    return closed[pad:-pad, pad:-pad]
 
 
 def closing_radius_px(thumb_mpp: float) -> int:
