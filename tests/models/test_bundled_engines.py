@@ -1,0 +1,67 @@
+"""The shipped model on every engine scores real held-out patches well, and the engines agree.
+
+Uses 300 of the 1,000 validation patches recorded in the model card (never trained on). An engine
+that normalises wrongly (``x / 255`` instead of mean/std) drops to chance here, whatever the
+other engines do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from histoscan.data.sources import open_source
+from histoscan.models.modelfile import load_model_file
+from histoscan.predict import Predictor
+
+N_PATCHES = 300
+
+
+@pytest.fixture(scope="module")
+def held_out(real_root: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 96, 96, 3), labels (N,)) of validation patches of the bundled model."""
+    val_ids = load_model_file().card["val_ids"][:N_PATCHES]
+    source = open_source(real_root / "train")
+    position = {key: i for i, key in enumerate(source.ids)}
+    indices = [position[k] for k in val_ids]
+    assert not load_model_file().meta.seen_in_training(val_ids).any()
+    return source.read_many(indices), source.labels[indices].astype(int)
+
+
+@pytest.fixture(scope="module")
+def scores(held_out: tuple[np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
+    images, _ = held_out
+    out = {}
+    for engine, extra in (("torch", {"precision": "fp32"}), ("onnx", {}), ("onnx-int8", {})):
+        predictor = Predictor.load(None, engine=engine, device="cpu", **extra)
+        assert predictor.describe()["engine"] == engine
+        out[engine] = predictor.predict_proba(images, tta="none")
+    return out
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx", "onnx-int8"])
+def test_each_engine_scores_the_held_out_patches_well(engine, scores, held_out) -> None:
+    _, labels = held_out
+    assert 80 < labels.sum() < 220  # both classes well represented
+    auc = roc_auc_score(labels, scores[engine])
+    assert auc >= 0.95, f"{engine}: ROC AUC {auc:.4f} on {len(labels)} held-out real patches"
+
+
+def test_engines_agree_patch_by_patch(scores) -> None:
+    torch_p, onnx_p, int8_p = scores["torch"], scores["onnx"], scores["onnx-int8"]
+    np.testing.assert_allclose(onnx_p, torch_p, atol=1e-4)  # the same fp32 function
+    # int8 is an approximation with its own temperature: close on every patch, same decisions
+    assert np.abs(int8_p - torch_p).max() < 0.15
+    assert np.abs(int8_p - torch_p).mean() < 0.02
+    assert np.mean((int8_p >= 0.5) == (torch_p >= 0.5)) >= 0.97
+
+
+def test_bf16_torch_engine_agrees_with_fp32(held_out, scores) -> None:
+    images, labels = held_out
+    bf16 = Predictor.load(None, engine="torch", device="cpu", precision="bf16")
+    p = bf16.predict_proba(images[:64], tta="none")
+    assert np.abs(p - scores["torch"][:64]).max() < 0.05
+    assert roc_auc_score(labels[:64], p) >= 0.9
