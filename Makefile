@@ -26,8 +26,8 @@ demo: $(STAMP)
 	mkdir -p $(OUT)
 	$(RUN)$(BIN)/histoscan verify $(DATA)/train --hash --report $(OUT)/problems.csv
 	$(RUN)$(BIN)/histoscan prepare $(DATA)/train --out $(OUT)/train-store --overwrite
-	$(RUN)$(BIN)/histoscan evaluate $(OUT)/train-store --subset val --out $(OUT)/eval
-	$(RUN)$(BIN)/histoscan predict $(DATA)/test --output $(OUT)/submission.csv
+	$(RUN)$(BIN)/histoscan evaluate $(OUT)/train-store --subset val --out $(OUT)/eval --overwrite
+	$(RUN)$(BIN)/histoscan predict $(DATA)/test --out $(OUT)/submission.csv
 	$(RUN)$(BIN)/histoscan audit $(OUT)/train-store --out $(OUT)/audit --overwrite --quiet
 	$(RUN)$(BIN)/histoscan report $(OUT)/train-store --audit $(OUT)/audit/audit.json \
 		--out $(OUT)/report.html

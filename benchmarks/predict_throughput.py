@@ -18,9 +18,10 @@ import torch
 
 from common import REAL_TRAIN, gflop_per_image, print_machine, timed
 from histoscan.data.sources import open_source
-from histoscan.models.bundle import ModelFile, load_model_file
+from histoscan.models.bundle import ModelFile, load_model_file, memory_model_file
+from histoscan.models.export import export_onnx, quantize_onnx
 from histoscan.models.registry import create_model, model_spec
-from histoscan.predict import Predictor, export_onnx, quantize_onnx
+from histoscan.predict import Predictor
 
 
 def engines(mf: ModelFile, images: np.ndarray) -> dict[str, Callable[[], object]]:
@@ -35,7 +36,7 @@ def engines(mf: ModelFile, images: np.ndarray) -> dict[str, Callable[[], object]
     sess32 = ort.InferenceSession(fp32_onnx, providers=["CPUExecutionProvider"])
     sess8 = ort.InferenceSession(int8_onnx, providers=["CPUExecutionProvider"])
     # as `histoscan predict` loads it: the auto engine picks an int8 ONNX file beside the model
-    predictor = Predictor.load(mf.path) if mf.path else Predictor(mf)
+    predictor = Predictor.load(mf.path) if mf.path.is_file() else None
 
     def eager(
         model: torch.nn.Module, inp: torch.Tensor, bf16: bool = False
@@ -46,16 +47,17 @@ def engines(mf: ModelFile, images: np.ndarray) -> dict[str, Callable[[], object]
 
         return run
 
-    return {
+    runs = {
         "eager fp32 NCHW (baseline)": eager(net, x),
         "eager fp32 channels_last": eager(net_cl, x_cl),
         "bf16 autocast channels_last": eager(net_cl, x_cl, bf16=True),
         "onnxruntime fp32": lambda: sess32.run(None, {"images": images}),
         "onnxruntime int8 static": lambda: sess8.run(None, {"images": images}),
-        f"histoscan predict ({predictor.engine})": lambda: predictor.predict_proba(
-            images, tta="none"
-        ),
     }
+    if predictor is not None:
+        name = f"histoscan predict ({predictor.engine.name})"
+        runs[name] = lambda: predictor.predict_proba(images, tta="none")
+    return runs
 
 
 def main() -> None:
@@ -68,7 +70,7 @@ def main() -> None:
     images = open_source(REAL_TRAIN).read_many(range(args.batch))
     print_machine()
     torch.manual_seed(0)
-    resnet = ModelFile(spec=model_spec("resnet18"), net=create_model("resnet18").eval())
+    resnet = memory_model_file(model_spec("resnet18"), create_model("resnet18").eval())
     for title, mf in (("bundled model", load_model_file()), ("resnet18", resnet)):
         gflop = gflop_per_image(mf.net.eval())
         print(f"\n{title} ({mf.spec.name}, {gflop:.2f} GFLOP/image, batch {args.batch})")

@@ -25,6 +25,38 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(result.x))
 
 
+def parse_sensitivity(rule: str) -> float:
+    """The target of a ``sens:X`` rule, a sensitivity in (0, 1]; ValueError otherwise."""
+    try:
+        target = float(rule.split(":", 1)[1])
+    except ValueError:
+        raise ValueError(f"threshold rule {rule!r}: sens: needs a number, e.g. sens:0.95") from None
+    if not 0.0 < target <= 1.0:
+        raise ValueError(f"threshold rule {rule!r}: sensitivity must be in (0, 1]")
+    return target
+
+
+def check_threshold_rule(rule: str | float | None) -> None:
+    """Raise ValueError for a rule ``resolve_threshold`` could never apply (before any work)."""
+    if rule is None or isinstance(rule, int | float):
+        value = None if rule is None else float(rule)
+    else:
+        text = str(rule).strip().lower()
+        if text == "youden":
+            return
+        if text.startswith("sens:"):
+            parse_sensitivity(text)
+            return
+        try:
+            value = float(text)
+        except ValueError:
+            raise ValueError(
+                f"unknown threshold rule {rule!r} (a number, youden, or sens:0.95)"
+            ) from None
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise ValueError(f"threshold {value} is not a probability in [0, 1]")
+
+
 def resolve_threshold(
     rule: str | float, probs: np.ndarray | None, labels: np.ndarray | None
 ) -> float:
@@ -32,6 +64,7 @@ def resolve_threshold(
 
     Rules other than a number need validation probabilities and labels (never the test data).
     """
+    check_threshold_rule(rule)
     if isinstance(rule, int | float):
         return float(rule)
     text = str(rule).strip().lower()
@@ -48,7 +81,7 @@ def resolve_threshold(
     if text == "youden":
         return float(thresholds[int(np.argmax(tpr - fpr))])
     if text.startswith("sens:"):
-        target = float(text.split(":", 1)[1])
+        target = parse_sensitivity(text)
         ok = np.flatnonzero(tpr >= target)
         return float(thresholds[ok[0]])
     raise ValueError(f"unknown threshold rule {rule!r} (a number, youden, or sens:0.95)")

@@ -13,7 +13,7 @@ import numpy as np
 from histoscan.calibration import sigmoid
 from histoscan.data.sources import PatchSource
 from histoscan.errors import DataError
-from histoscan.io import atomic_write
+from histoscan.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,12 @@ def evaluate_model(
     threshold_rule: str | float | None = None,
     progress: bool = True,
     n_boot: int = 1000,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict labelled patches, write ``metrics.json``, plots and ``predictions.csv``.
+
+    ``out_dir`` appears whole or not at all (``io.atomic_dir``; ``overwrite`` replaces a folder
+    an earlier run made).
 
     Patches the model was trained on are left out when held-out ones are present (their count is
     ``n_seen_in_training``). Metrics are reported before (T = 1) and after temperature scaling;
@@ -150,18 +154,18 @@ def evaluate_model(
         "calibrated": compute_metrics(labels, probs, threshold, n_boot),
         "uncalibrated": compute_metrics(labels, probs_raw, threshold, n_boot),
     }
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    result["plots"] = write_plots(out_dir, labels, probs, probs_raw, result["calibrated"])
-    from histoscan.predict import write_predictions
+    with atomic_dir(out_dir, overwrite=overwrite, inputs=[source.root], what="evaluate") as tmp:
+        plots = write_plots(tmp, labels, probs, probs_raw, result["calibrated"])
+        result["plots"] = {name: str(Path(out_dir) / Path(p).name) for name, p in plots.items()}
+        from histoscan.predict import write_predictions
 
-    write_predictions(
-        out_dir / "predictions.csv",
-        [source.ids[i] for i in idx],
-        probs,
-        extra={"true_label": labels.tolist()},
-    )
-    atomic_write(out_dir / "metrics.json", json.dumps(result, indent=2))  # last: marks complete
+        write_predictions(
+            tmp / "predictions.csv",
+            [source.ids[i] for i in idx],
+            probs,
+            extra={"true_label": labels.tolist()},
+        )
+        (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
     return {**result, "probs": probs, "labels": labels, "logits": logits, "indices": idx}
 
 

@@ -16,6 +16,8 @@ from histoscan.cli.options import (
     LabelsOpt,
     ModelOpt,
     SplitOpt,
+    TtaOpt,
+    train_help,
 )
 
 
@@ -23,8 +25,8 @@ from histoscan.cli.options import (
 def train(
     data: DataArg,
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory to create.")],
-    model: Annotated[
-        str | None, typer.Option(help="Architecture (see `histoscan models`).")
+    arch: Annotated[
+        str | None, typer.Option(help=train_help("model", "Architecture (see `histoscan models`)."))
     ] = None,
     config: Annotated[
         Path | None, typer.Option(help="YAML preset, e.g. configs/cpu-small.yaml.")
@@ -34,30 +36,62 @@ def train(
     manifest: Annotated[
         Path | None, typer.Option(help="Audit manifest: train on kept ids only.")
     ] = None,
-    epochs: Annotated[int | None, typer.Option()] = None,
-    batch_size: Annotated[int | None, typer.Option()] = None,
-    lr: Annotated[float | None, typer.Option()] = None,
-    input_px: Annotated[
-        int | None, typer.Option(help="Resize patches to this for the network.")
+    epochs: Annotated[
+        int | None, typer.Option(help=train_help("epochs", "Epochs at most."))
     ] = None,
-    pretrained: Annotated[bool | None, typer.Option("--pretrained/--scratch")] = None,
-    val_fraction: Annotated[float | None, typer.Option()] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help=train_help("batch_size", "Patches per training step."))
+    ] = None,
+    lr: Annotated[float | None, typer.Option(help=train_help("lr", "Peak learning rate."))] = None,
+    input_px: Annotated[
+        int | None,
+        typer.Option(help=train_help("input_px", "Resize patches to this for the network.")),
+    ] = None,
+    pretrained: Annotated[
+        bool | None,
+        typer.Option(
+            "--pretrained/--scratch",
+            help=train_help("pretrained", "Start from ImageNet weights (torchvision models)."),
+        ),
+    ] = None,
+    val_fraction: Annotated[
+        float | None,
+        typer.Option(help=train_help("val_fraction", "Share of patches held out for validation.")),
+    ] = None,
     group_col: Annotated[
         str | None, typer.Option(help="Slide-id column: no slide on both sides.")
     ] = None,
     groups: Annotated[
         Path | None, typer.Option(help="CSV with id and the --group-col column.")
     ] = None,
-    seed: Annotated[int | None, typer.Option()] = None,
-    precision: Annotated[str | None, typer.Option(help="auto, 32 or bf16.")] = None,
-    patience: Annotated[int | None, typer.Option(help="Early-stopping patience (epochs).")] = None,
-    num_workers: Annotated[int | None, typer.Option()] = None,
-    devices: Annotated[int | None, typer.Option(help="Processes/GPUs per node (DDP).")] = None,
-    num_nodes: Annotated[int | None, typer.Option()] = None,
-    accelerator: Annotated[str | None, typer.Option(help="auto, cpu or gpu.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help=train_help("seed", "Seed for weights and augmentation."))
+    ] = None,
+    precision: Annotated[
+        str | None, typer.Option(help=train_help("precision", "auto, 32 or bf16."))
+    ] = None,
+    patience: Annotated[
+        int | None,
+        typer.Option(help=train_help("patience", "Early-stopping patience in epochs (0: off).")),
+    ] = None,
+    num_workers: Annotated[
+        int | None, typer.Option(help=train_help("num_workers", "DataLoader worker processes."))
+    ] = None,
+    devices: Annotated[
+        int | None, typer.Option(help=train_help("devices", "Processes/GPUs per node (DDP)."))
+    ] = None,
+    num_nodes: Annotated[
+        int | None, typer.Option(help=train_help("num_nodes", "Machines (DDP)."))
+    ] = None,
+    accelerator: Annotated[
+        str | None, typer.Option(help=train_help("accelerator", "auto, cpu or gpu."))
+    ] = None,
     limit_train_batches: Annotated[float | None, typer.Option(hidden=True)] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue from RUN_DIR/checkpoints/last.ckpt.")
+    ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Start again in a run folder histoscan made, deleting it.")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
@@ -68,7 +102,7 @@ def train(
 
     cfg = load_train_config(
         config,
-        model=model,
+        model=arch,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
@@ -93,12 +127,10 @@ def train(
         manifest=manifest,
         groups_csv=groups or labels,
         resume=resume,
+        overwrite=overwrite,
         progress=not quiet,
     )
     typer.echo(f"model written to {model_path}")
-
-
-TtaOpt = Annotated[str, typer.Option(help="Test-time augmentation: d4 (8 views), flip, none.")]
 
 
 def _subset_indices(source, model_file, subset: str):  # type: ignore[no-untyped-def]
@@ -133,6 +165,9 @@ def evaluate(
     engine: EngineOpt = "auto",
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 256,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an OUT folder an earlier evaluate made.")
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Metrics with a bootstrap CI, calibration before/after temperature scaling, and plots."""
@@ -144,11 +179,19 @@ def evaluate(
     from histoscan.predict import Predictor
 
     predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
+    predictor.threshold(threshold)  # a bad rule is an error before any reading
     source = open_source(data, labels=labels, split=split)
     source.require_clean(need_labels=True)
     idx = _subset_indices(source, predictor.model_file, subset)
     result = evaluate_model(
-        predictor, source, idx, out, tta=tta, threshold_rule=threshold, progress=not quiet
+        predictor,
+        source,
+        idx,
+        out,
+        tta=tta,
+        threshold_rule=threshold,
+        progress=not quiet,
+        overwrite=overwrite,
     )
     run = predictor.describe()
     table = Table(
@@ -170,7 +213,7 @@ def evaluate(
 @command("predict")
 def predict(
     data: DataArg,
-    output: Annotated[Path, typer.Option("--output", "-o", help="CSV to write (id,label).")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="CSV to write (id,label).")],
     model: ModelOpt = None,
     labels: LabelsOpt = None,
     split: SplitOpt = None,
@@ -199,7 +242,7 @@ def predict(
 
 @command("export-onnx")
 def export_onnx_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o", help="ONNX file to write.")],
+    output: Annotated[Path, typer.Option("--out", "-o", help="ONNX file to write.")],
     model: ModelOpt = None,
     int8: Annotated[
         bool, typer.Option(help="Static int8 quantization (needs --calibration).")
