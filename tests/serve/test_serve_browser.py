@@ -199,10 +199,12 @@ def test_docs_render_every_endpoint_in_chromium(live_server, browser):
     assert page.locator(".swagger-ui .errors-wrapper").count() == 0
     assert "Unable to render" not in page.locator("body").inner_text()
 
-    # the upload field of /v1/predict is a file picker once "Try it out" is on
+    # the upload field of /v1/predict is a file picker once "Try it out" is on (in 3.0 words:
+    # an array of binary strings; a 3.1 contentMediaType would give a text box)
     predict = page.locator(".opblock-post", has=page.locator("[data-path='/v1/predict']"))
     predict.locator(".opblock-summary").click()
     predict.locator("button.try-out__btn").click()
+    predict.locator("button.json-schema-form-item-add").click()
     sync_api.expect(predict.locator("input[type=file]")).to_have_count(1, timeout=10_000)
     assert all(url.startswith(live_server) for url in requests), "docs reached off the machine"
     assert errors == []
