@@ -172,7 +172,7 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path: Path) -> None:
     )
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
-    subprocess.run(
+    ddp_run = subprocess.run(
         [
             *torchrun,
             histoscan,
@@ -184,10 +184,14 @@ def test_two_process_ddp_on_cpu_matches_single_process(tmp_path: Path) -> None:
             "2",
             *args,
         ],
-        check=True,
         env=env,
         timeout=600,
+        capture_output=True,
+        text=True,
     )
+    # both ranks exit cleanly: no SIGABRT from a process group left alive at exit
+    assert ddp_run.returncode == 0, ddp_run.stderr[-3000:]
+    assert "terminate called" not in ddp_run.stderr, ddp_run.stderr[-3000:]
     subprocess.run(
         [histoscan, "train", str(data), "--out", str(tmp_path / "single"), *args],
         check=True,
