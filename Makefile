@@ -11,7 +11,7 @@ OUT ?= out/demo
 TCMALLOC := $(wildcard /usr/lib/x86_64-linux-gnu/libtcmalloc_minimal.so.4)
 RUN := $(if $(TCMALLOC),LD_PRELOAD=$(TCMALLOC) ,)
 
-.PHONY: demo test lint format bench venv clean
+.PHONY: demo test lint format bench venv clean mutants
 
 venv: $(STAMP)
 
@@ -52,6 +52,11 @@ bench: $(STAMP)
 	$(RUN)$(BIN)/python benchmarks/slide_throughput.py
 	$(RUN)$(BIN)/python benchmarks/explain_report.py
 	$(RUN)$(BIN)/python benchmarks/serve_load.py
+
+# mutation testing, one core module at a time (slow; not part of `make test`):
+# make mutants MUTATE="calibration data/splits"; scripts/mutants.py --planted checks issue 14's bugs
+mutants: $(STAMP)
+	$(RUN)$(BIN)/python scripts/mutants.py $(MUTATE)
 
 clean:
 	rm -rf out .pytest_cache .ruff_cache
