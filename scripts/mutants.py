@@ -112,8 +112,8 @@ PLANTED = [
     (
         "one validation index also placed in training",
         "data/splits.py",
-        "return np.sort(train), np.sort(val)",
-        "return np.sort(np.r_[train, val[:1]]), np.sort(val)",
+        "random_state=seed\n        )\n        return np.sort(train), np.sort(val)",
+        "random_state=seed\n        )\n        return np.sort(np.r_[train, val[:1]]), np.sort(val)",
         ["tests/test_train.py::test_train_and_validation_ids_are_disjoint_and_cover_the_kept_set"],
     ),
     (
