@@ -90,5 +90,29 @@ def test_temperature_is_one_for_calibrated_logits_and_stays_in_bounds() -> None:
     z = rng.normal(0, 1.5, 30_000)
     y = (rng.uniform(size=z.size) < 1 / (1 + np.exp(-z))).astype(int)
     assert fit_temperature(z, y) == pytest.approx(1.0, abs=0.05)
-    # labels unrelated to the logits: the flattest allowed model (T at its upper bound, 20)
-    assert fit_temperature(z, rng.integers(0, 2, z.size)) > 10
+    # labels unrelated to the logits: the flattest allowed model, T at its upper bound of 20
+    assert 19.0 < fit_temperature(z, rng.integers(0, 2, z.size)) <= 20.0
+    # labels that follow the logits exactly: the sharpest allowed, T at its lower bound of 0.05
+    assert 0.05 <= fit_temperature(z, (z > 0).astype(int)) < 0.06
+
+
+def test_youden_on_a_useless_model_calls_nothing_tumour() -> None:
+    # scores that rank every negative above every positive: J is 0 at best, first reached above
+    # every score, which is reported as the probability 1.0 (not roc_curve's infinity)
+    labels = np.array([1, 1, 0, 0])
+    assert resolve_threshold("youden", np.array([0.1, 0.2, 0.8, 0.9]), labels) == 1.0
+
+
+@pytest.mark.parametrize(
+    ("rule", "words"),
+    [
+        ("sens:0", r"sensitivity must be in \(0, 1\]"),
+        ("sens:1.5", r"sensitivity must be in \(0, 1\]"),
+        ("sens:high", "sens: needs a number"),
+        (1.5, r"threshold 1.5 is not a probability in \[0, 1\]"),
+        ("-0.1", r"threshold -0.1 is not a probability"),
+    ],
+)
+def test_impossible_rules_are_refused_before_any_work(rule: object, words: str) -> None:
+    with pytest.raises(ValueError, match=words):
+        resolve_threshold(rule, SCORES, LABELS)
