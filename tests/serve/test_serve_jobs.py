@@ -87,3 +87,38 @@ def test_limits_and_cleanup():
         jobs.submit(io.BytesIO(b"y"), "y.png", ".png", None)
     jobs.close()
     assert not root.exists()
+
+
+def test_one_job_runs_at_a_time_while_the_rest_wait():
+    """Deterministic: the first analysis is held, so the others must be queued behind it."""
+    analysis = FakeAnalysis()
+    analysis.hold.clear()
+    running_now: list[int] = []
+    most = [0]
+    lock = threading.Lock()
+
+    def counting(path, out_dir, predictor, **kw):
+        with lock:
+            running_now.append(1)
+            most[0] = max(most[0], len(running_now))
+        try:
+            return analysis(path, out_dir, predictor, **kw)
+        finally:
+            with lock:
+                running_now.pop()
+
+    jobs = SlideJobs(counting, predictor=None)
+    try:
+        submitted = [
+            jobs.submit(io.BytesIO(f"s{i}".encode()), f"{i}.tif", ".tif", None) for i in range(3)
+        ]
+        assert analysis.started.wait(10)
+        assert [j.status for j in submitted] == ["running", "queued", "queued"]
+        assert [jobs.position(j) for j in submitted[1:]] == [1, 2]
+        analysis.hold.set()
+        for job in submitted:
+            wait(jobs, job.id, DONE)
+    finally:
+        jobs.close()
+    assert most[0] == 1
+    assert analysis.order == ["s0", "s1", "s2"]
