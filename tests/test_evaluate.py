@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from helpers import write_separable_folder
 from histoscan.calibration import fit_temperature, sigmoid
 from histoscan.cli import app
+from histoscan.data.sources import open_source
 from histoscan.evaluate import compute_metrics, expected_calibration_error
 
 
@@ -117,8 +119,21 @@ def test_evaluate_cli_writes_metrics_and_plots(tmp_path: Path, untrained_model_f
     )
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["calibrated"]["n"] == 12
+    assert metrics["calibrated"]["n"] == 12 and metrics["calibrated"]["positives"] == 6
     assert {"calibrated", "uncalibrated", "temperature"} <= set(metrics)
+    assert metrics["inference"]["engine"] in ("torch", "onnx", "onnx-int8")
+    assert metrics["inference"]["temperature"] == pytest.approx(metrics["temperature"], abs=1e-6)
+    # AUC does not change under temperature scaling (a monotonic map); calibration numbers may
+    assert metrics["calibrated"]["roc_auc"] == pytest.approx(metrics["uncalibrated"]["roc_auc"])
+    source = open_source(data)
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == source.ids
+    assert [int(r["true_label"]) for r in rows] == source.labels.tolist()
+    probs = np.array([float(r["label"]) for r in rows])
+    assert ((probs > 0) & (probs < 1)).all()
+    pred = (probs >= metrics["calibrated"]["threshold"]).astype(int)
+    assert metrics["calibrated"]["confusion"] == skm.confusion_matrix(source.labels, pred).tolist()
     for name in ("roc", "pr", "reliability", "confusion"):
         with Image.open(out / f"{name}.png") as img:
             img.verify()
