@@ -33,10 +33,10 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "pcam-real"
 LEVEL0_MPP = 0.486
 
 
-def build_slide(path: Path, data: Path, side: int) -> Path:
+def build_slide(path: Path, data: Path, side: int, seed: int = 0) -> Path:
     """A pyramidal TIFF of side x side real patches with a one-patch white margin."""
     source = open_source(data, split="train")
-    idx = np.random.default_rng(0).choice(len(source), side * side, replace=False)
+    idx = np.random.default_rng(seed).choice(len(source), side * side, replace=False)
     n = side + 2
     base = np.full((n * 96, n * 96, 3), 255, dtype=np.uint8)
     for k, image in enumerate(source.read_many(idx)):

@@ -128,7 +128,7 @@ def score_on_ray(
             settings.tta,
         ),
         batch_size=bs,
-        concurrency=actors,
+        compute=ray.data.ActorPoolStrategy(size=actors),
         num_cpus=0 if gpus else 1,
         num_gpus=1 if gpus else 0,
         batch_format="numpy",
