@@ -243,19 +243,13 @@ def test_explain_command_writes_gallery_patch_pngs_and_json(
         assert (out / row["file"]).is_file() and row["case"] in ("TP", "TN", "FP", "FN")
     assert (out / "gradcam.png").stat().st_size > 0
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp left over
-    # chosen ids; a rerun replaces the previous output
+    # chosen ids; a rerun needs --overwrite, then replaces the previous output
     ids = [p.stem for p in sorted((labelled_folder / "train").iterdir())[:2]]
-    result = run_cli(
-        "explain",
-        labelled_folder,
-        "--model",
-        untrained_model_file,
-        "--out",
-        out,
-        "--ids",
-        ",".join(ids),
-        "--quiet",
-    )
+    args = ["explain", labelled_folder, "--model", untrained_model_file, "--out", out]
+    args += ["--ids", ",".join(ids), "--quiet"]
+    result = run_cli(*args)
+    assert result.exit_code == 2 and "already exists" in result.output
+    result = run_cli(*args, "--overwrite")
     assert result.exit_code == 0, result.output
     assert [r["id"] for r in json.loads((out / "explain.json").read_text())["patches"]] == ids
 
@@ -317,10 +311,11 @@ def test_commands_refuse_to_overwrite_an_unrelated_folder(
     out.mkdir()
     (out / "notes.txt").write_text("keep me")
     for command in ("explain", "embed"):
-        result = run_cli(
-            command, labelled_folder, "--model", untrained_model_file, "--out", out, "--quiet"
-        )
-        assert result.exit_code == 2 and "choose another --out" in result.output
+        args = [command, labelled_folder, "--model", untrained_model_file, "--out", out, "--quiet"]
+        result = run_cli(*args)
+        assert result.exit_code == 2 and "already exists" in result.output
+        result = run_cli(*args, "--overwrite")  # not even then: histoscan did not make it
+        assert result.exit_code == 2 and "not made by histoscan" in result.output
     assert [p.name for p in out.iterdir()] == ["notes.txt"]
 
 

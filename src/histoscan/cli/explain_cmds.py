@@ -16,15 +16,12 @@ from histoscan.cli.options import (
     LabelsOpt,
     ModelOpt,
     SplitOpt,
+    TtaOpt,
 )
 
 LimitOpt = Annotated[
     int | None,
     typer.Option(min=1, help="Use at most this many patches (random, seed 0; default: all)."),
-]
-TtaOpt = Annotated[
-    str,
-    typer.Option(help="Test-time augmentation for probabilities: none, flip or d4 (8x slower)."),
 ]
 
 
@@ -58,6 +55,7 @@ def explain(
     engine: EngineOpt = "auto",
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 256,
+    overwrite: Annotated[bool, typer.Option(help="Replace an OUT folder histoscan made.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Grad-CAM of chosen patches, or of the most confident TP, TN, FP and FN.
@@ -79,6 +77,7 @@ def explain(
         n=n,
         tta=tta,
         limit=limit,
+        overwrite=overwrite,
         progress=not quiet,
     )
     counts = ", ".join(f"{k} {v}" for k, v in summary["counts"].items())
@@ -99,6 +98,7 @@ def embed(
     engine: EngineOpt = "auto",
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 256,
+    overwrite: Annotated[bool, typer.Option(help="Replace an OUT folder histoscan made.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Map patches by the model's features: UMAP, k-means clusters and mislabel candidates.
@@ -123,6 +123,7 @@ def embed(
         limit=limit,
         tta=tta,
         method=method,
+        overwrite=overwrite,
         progress=not quiet,
     )
     typer.echo(
@@ -133,10 +134,15 @@ def embed(
 
 @command("report")
 def report(
-    data: Annotated[Path, typer.Option("--data", "-d", help="Labelled patches to evaluate on.")],
+    data: DataArg,
     model: Annotated[
         Path | None,
-        typer.Argument(help="Model file, or a run directory with model.pt (default: bundled)."),
+        typer.Option(
+            "--model",
+            "-m",
+            metavar="MODEL",
+            help="Model file, or a run directory with model.pt (default: bundled).",
+        ),
     ] = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="HTML file to write.")] = Path(
         "report.html"
@@ -145,13 +151,16 @@ def report(
     split: SplitOpt = None,
     audit: Annotated[Path | None, typer.Option(help="audit.json to summarise.")] = None,
     limit: LimitOpt = None,
-    tta: Annotated[str, typer.Option(help="TTA for the metrics: none, flip or d4.")] = "d4",
+    tta: TtaOpt = "d4",
     engine: EngineOpt = "auto",
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 256,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """One self-contained HTML page: training, metrics with CIs, calibration, errors, embedding."""
+    import shlex
+    import sys
+
     from histoscan.models.modelfile import bundled_model_path
     from histoscan.report import build_report
 
@@ -167,6 +176,7 @@ def report(
         engine=engine,
         device=device,
         batch_size=batch_size,
+        command=shlex.join(["histoscan", *sys.argv[1:]]),
     )
     typer.echo(
         f"report on {summary['n_eval']} evaluated / {summary['n_mapped']} mapped patches "

@@ -8,12 +8,8 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import shutil
-import tempfile
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,39 +21,9 @@ from histoscan.errors import DataError
 from histoscan.explain import figures
 from histoscan.explain.embedding import map_embedding
 from histoscan.explain.gradcam import GradCAM, centre_fraction, overlay, with_centre_box
+from histoscan.io import atomic_dir
 
 CASES = ("TP", "TN", "FP", "FN")
-
-
-@contextmanager
-def atomic_output_dir(out: Path, marker: str) -> Iterator[Path]:
-    """Yield a fresh hidden folder beside ``out``; on success it replaces ``out``.
-
-    An existing ``out`` is replaced only when empty or holding ``marker`` (a previous output of
-    the same command); anything else is an error, so no user folder is ever deleted.
-    """
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not (out / marker).is_file():
-        raise DataError(f"{out}: folder exists and holds no {marker}; choose another --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
-    tmp.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
-    try:
-        yield tmp
-        if out.exists():
-            old = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".old"))
-            os.replace(out, old / "out")
-            os.replace(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def indices_for_ids(source: PatchSource, ids: Sequence[str]) -> np.ndarray:
@@ -154,6 +120,7 @@ def run_explain(
     tta: str = "none",
     limit: int | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Grad-CAM for chosen ids, or for the most confident TP/TN/FP/FN: gallery, PNGs, JSON.
 
@@ -164,7 +131,7 @@ def run_explain(
     torch_mf = predictor.torch_model_file()  # fails now, not after predicting, without torch
     if n < 1:
         raise DataError("--n must be at least 1")
-    with atomic_output_dir(out, "explain.json") as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[source.root], what="explain") as tmp:
         idx, probs, labels, groups, n_scanned = choose_patches(
             predictor, source, ids, n, tta, limit, progress
         )
@@ -223,11 +190,12 @@ def run_embed(
     tta: str = "none",
     method: str = "umap",
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Embedding map, clusters and mislabel candidates of (up to ``limit``) patches."""
     if n_clusters < 1:
         raise DataError("--clusters must be at least 1")
-    with atomic_output_dir(out, "clusters.json") as tmp:
+    with atomic_dir(out, overwrite=overwrite, inputs=[source.root], what="embed") as tmp:
         idx = sample_indices(np.arange(len(source)), limit)
         result = predictor.infer_source(source, tta, idx, features=True, progress=progress)
         probs = result.probs(predictor.temperature)
