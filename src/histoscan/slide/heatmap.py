@@ -57,6 +57,22 @@ def render_heatmap(
         title: a line above the image.
         unscored_tissue: (n_rows, n_cols) bool, tiles with some tissue that were not scored.
     """
+    from matplotlib import rc_context
+
+    with rc_context({"hatch.color": UNSCORED_HATCH, "hatch.linewidth": 0.8}):
+        _render(path, thumbnail, probs, plan, scale, features, title, unscored_tissue)
+
+
+def _render(
+    path: Path,
+    thumbnail: np.ndarray,
+    probs: np.ndarray,
+    plan: TilePlan,
+    scale: tuple[float, float],
+    features: list[dict[str, Any]],
+    title: str,
+    unscored_tissue: np.ndarray | None,
+) -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.colors import Normalize
     from matplotlib.figure import Figure
@@ -141,7 +157,7 @@ def _scale_bar(ax: Any, um_per_px: float, width_px: int) -> None:
 
     px_per_mm = 1000.0 / um_per_px
     length = scale_bar_mm(width_px / px_per_mm)
-    label = f"{length:g} mm" if length >= 1 else f"{length * 1000:g} µm"
+    label = f"{length:g} mm"
     bar = AnchoredSizeBar(
         ax.transData,
         length * px_per_mm,

@@ -39,6 +39,7 @@ from histoscan.slide.tissue import check_colour, closing_radius_px, dust_area_px
 log = logging.getLogger(__name__)
 
 MIN_TISSUE_FRACTION = 0.2  # tiles with less tissue than this are background, never scored
+UNSCORED_TISSUE = 0.05  # the heatmap hatches unscored tiles with at least this much tissue
 TISSUE_DETECTOR = "sat0.06-od0.07-dust15um-close30um"  # recorded: a new detector means new outputs
 THUMB_PX_PER_TILE = 16  # thumbnail resolution: about this many pixels per tile side ...
 THUMB_MAX_PX = (1024, 4096)  # ... but at least this for a legible heatmap, and at most this
@@ -331,7 +332,7 @@ def write_outputs(
     summary = summarise(prepared, probs, settings)
     n = summary["tiles_scored"]
     title = f"{prepared.path.name}: {n} tiles, {len(features)} regions at p >= {threshold:.2f}"
-    unscored = (layout.fractions > 0) & ~np.isfinite(probs)
+    unscored = (layout.fractions >= UNSCORED_TISSUE) & ~np.isfinite(probs)
     render_heatmap(
         folder / "heatmap.png",
         layout.thumbnail,
