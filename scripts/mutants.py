@@ -161,7 +161,7 @@ def run_module(module: str, work: Path) -> dict[str, float]:
     copy_project(folder)
     (folder / "pyproject.toml").write_text(mutmut_config(module, MODULES[module]))
     mutmut = str(Path(PY).with_name("mutmut"))
-    env = {**os.environ, "PYTHONPATH": str(folder / "mutants" / "src")}
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut sets the path
     with open(folder / "mutmut-run.log", "w") as log:
         subprocess.run([mutmut, "run"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
     subprocess.run([mutmut, "export-cicd-stats"], cwd=folder, env=env, capture_output=True)
