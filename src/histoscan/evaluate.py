@@ -138,6 +138,13 @@ def evaluate_model(
         raise DataError(f"{source.root}: evaluation needs labels for every patch")
     idx, n_seen = split_seen(predictor, source, idx)
     labels = source.labels[idx].astype(np.int64)
+    if len(np.unique(labels)) < 2:
+        only = "tumour (1)" if labels[0] == 1 else "normal (0)"
+        held = " held-out" if n_seen else ""
+        raise DataError(
+            f"{source.root}: all {len(labels)}{held} patches are {only}; ROC AUC, sensitivity and "
+            "specificity need both classes"
+        )
     threshold = predictor.threshold(threshold_rule)  # a bad rule fails before the work
     logits = predictor.logits_source(source, tta, idx, progress, label="evaluate")
     probs_raw = sigmoid(logits)
