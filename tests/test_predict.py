@@ -252,3 +252,37 @@ def test_bad_input_exits_2_with_one_line(
     assert result.exit_code == 2
     assert len(result.output.strip().splitlines()) == 1
     assert not out.exists()
+
+
+def test_progress_moves_per_batch_and_decoding_overlaps(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bar advances once per engine batch (not once per read chunk or at the end)."""
+    import contextlib
+
+    import histoscan.predict as predict_module
+    from histoscan.data.sources import PatchSource
+
+    advances: list[int] = []
+
+    class Bar:
+        def advance(self, n: int) -> None:
+            advances.append(n)
+
+    @contextlib.contextmanager
+    def recording_bar(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        yield Bar()
+
+    monkeypatch.setattr(predict_module, "progress_bar", recording_bar)
+    images = rng_patches(11, seed=3)
+
+    class Memory(PatchSource):
+        def read_raw(self, i: int) -> np.ndarray:
+            return images[i]
+
+        def locate(self, i: int) -> str:
+            return f"memory[{i}]"
+
+    source = Memory(Path("memory"), [str(i) for i in range(11)], np.zeros(11))
+    predictor = torch_predictor(ColourMean(), batch_size=3)
+    got = predictor.logits_source(source, "none", progress=True)
+    assert advances == [3, 3, 3, 2]  # one read of up to 12 patches, scored 3 at a time
+    np.testing.assert_allclose(got, normalised_red(images).mean(axis=(1, 2)), atol=1e-5)
