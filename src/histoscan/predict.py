@@ -102,8 +102,10 @@ class Predictor:
         engine = engine or "auto"
         if engine not in (*ENGINES, "auto"):
             raise ModelError(f"unknown engine {engine!r}; choose from auto, {', '.join(ENGINES)}")
-        device = resolve_device(device)
         path = Path(path) if path is not None else bundled_model_path()
+        onnx_asked = engine.startswith("onnx") or path.suffix.lower() == ".onnx"
+        # onnxruntime runs here on the CPU: "auto" means the CPU for an ONNX engine
+        device = "cpu" if onnx_asked and device == "auto" else resolve_device(device)
         if not path.is_file():
             raise ModelError(f"{path}: no such model file")
         if path.suffix.lower() == ".onnx":
