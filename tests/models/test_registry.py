@@ -81,7 +81,8 @@ def test_model_file_round_trips_weights_and_preprocessing(tmp_path: Path) -> Non
         assert torch.allclose(
             loaded.inference_net()(x), memory_model_file(spec, net).inference_net()(x)
         )
-    np.testing.assert_allclose(loaded.val_logits, [0.1, -2.0], rtol=1e-6)
+    np.testing.assert_allclose(loaded.meta.val_logits, [0.1, -2.0], rtol=1e-6)
+    assert loaded.meta.val_labels.tolist() == [1, 0]
 
 
 def test_a_file_that_is_not_a_model_is_refused(tmp_path: Path) -> None:
