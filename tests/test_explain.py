@@ -351,3 +351,25 @@ def test_explain_handles_ids_that_are_not_file_names(untrained_model_file: Path,
     )
     assert [r["id"] for r in summary["patches"]] == ["train/1", "train/2"]
     assert all((tmp_path / "out" / r["file"]).is_file() for r in summary["patches"])
+
+
+def test_histocnn_gradcam_looks_at_the_6x6_map_before_the_last_pooling():
+    """Finer than the 3x3 output; the bundled ensemble's state_dict keys are unchanged."""
+    import torch
+
+    from histoscan.models.modelfile import load_model_file
+
+    mf = load_model_file(None)  # the bundled ensemble loads its weights strictly
+    cam = GradCAM(mf)
+    assert len(cam.target_layers) == 2  # one per member
+    assert cam.layer_name == "members.0.stages.3.act, members.1.stages.3.act"
+    shapes = []
+    hooks = [m.register_forward_hook(lambda _m, _i, o: shapes.append(o.shape)) for m in
+             cam.target_layers]  # fmt: skip
+    with torch.no_grad():
+        mf.inference_net()(torch.from_numpy(patches(2)))
+    for h in hooks:
+        h.remove()
+    assert [tuple(s[2:]) for s in shapes] == [(6, 6), (6, 6)]
+    maps = cam.explain(patches(2))
+    check_maps(maps, 2)

@@ -165,22 +165,22 @@ def test_report_command_exit_codes(carded_model: Path, tiny_data: Path, tmp_path
     out = tmp_path / "r.html"
     runner = CliRunner()
     bad = runner.invoke(
-        app, ["report", str(tmp_path / "nothing"), "--data", str(tiny_data), "--out", str(out)]
+        app, ["report", str(tiny_data), "--model", str(tmp_path / "nothing"), "--out", str(out)]
     )
     assert bad.exit_code == 2 and "no such model file" in bad.output and not out.exists()
     unlabelled = tmp_path / "unlabelled"
     write_patches(unlabelled, [make_patch(i) for i in range(3)], ".png")
     bad = runner.invoke(
-        app, ["report", str(carded_model), "--data", str(unlabelled), "--out", str(out), "--quiet"]
+        app, ["report", str(unlabelled), "--model", str(carded_model), "--out", str(out), "--quiet"]
     )
     assert bad.exit_code == 2 and "labelled" in bad.output and not out.exists()
     ok = runner.invoke(
         app,
         [
             "report",
-            str(carded_model),
-            "--data",
             str(tiny_data),
+            "--model",
+            str(carded_model),
             "--out",
             str(out),
             "--quiet",
@@ -190,6 +190,9 @@ def test_report_command_exit_codes(carded_model: Path, tiny_data: Path, tmp_path
     )
     assert ok.exit_code == 0, ok.output
     assert_images_decode(parse_page(out).images)
+    # the Reproduce line is the command that ran, every option included
+    text = out.read_text()
+    assert f"histoscan report {tiny_data} --model {carded_model} --out {out} --tta none" in text
 
 
 @pytest.mark.slow

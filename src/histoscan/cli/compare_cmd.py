@@ -15,6 +15,7 @@ from histoscan.cli.options import (
     LabelsOpt,
     SplitOpt,
     TtaOpt,
+    command_line,
 )
 
 
@@ -47,9 +48,6 @@ def compare(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Compare two models: paired AUC difference (DeLong), McNemar at the thresholds, ROC plot."""
-    import shlex
-    import sys
-
     from histoscan.compare import compare_models
     from histoscan.data.sources import open_source
     from histoscan.predict import Predictor
@@ -74,7 +72,18 @@ def compare(
         tta=tta,
         threshold=threshold,
         progress=not quiet,
-        command=shlex.join(["histoscan", *sys.argv[1:]]),
+        command=command_line(
+            "compare",
+            model_a,
+            model_b,
+            data=data,
+            out=out,
+            labels=labels,
+            split=split,
+            tta=tta,
+            threshold=threshold,
+            engine=None if engine == "auto" else engine,
+        ),
     )
     d, m = r["auc_difference"], r["mcnemar"]
     typer.echo(

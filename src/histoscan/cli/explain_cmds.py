@@ -17,6 +17,7 @@ from histoscan.cli.options import (
     ModelOpt,
     SplitOpt,
     TtaOpt,
+    command_line,
 )
 
 LimitOpt = Annotated[
@@ -158,9 +159,6 @@ def report(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """One self-contained HTML page: training, metrics with CIs, calibration, errors, embedding."""
-    import shlex
-    import sys
-
     from histoscan.models.modelfile import bundled_model_path
     from histoscan.report import build_report
 
@@ -176,7 +174,18 @@ def report(
         engine=engine,
         device=device,
         batch_size=batch_size,
-        command=shlex.join(["histoscan", *sys.argv[1:]]),
+        command=command_line(
+            "report",
+            data,
+            model=model,
+            out=out,
+            labels=labels,
+            split=split,
+            audit=audit,
+            limit=limit,
+            tta=tta,
+            engine=None if engine == "auto" else engine,
+        ),
     )
     typer.echo(
         f"report on {summary['n_eval']} evaluated / {summary['n_mapped']} mapped patches "

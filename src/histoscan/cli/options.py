@@ -60,6 +60,21 @@ def train_help(field: str, text: str) -> str:
     return f"{text} (default: {shown}, or the --config file's)"
 
 
+def command_line(*words: object, **options: object) -> str:
+    """The command as a user would retype it: words, then each option that is set (not None or
+    False); ``tta="d4"`` -> ``--tta d4``, ``quiet=True`` -> ``--quiet``. Shell-quoted."""
+    import shlex
+
+    parts = ["histoscan", *map(str, words)]
+    for name, value in options.items():
+        flag = "--" + name.replace("_", "-")
+        if value is True:
+            parts.append(flag)
+        elif value is not None and value is not False:
+            parts += [flag, str(value)]
+    return shlex.join(parts)
+
+
 _WORDS = {int: "N", float: "NUMBER", str: "TEXT", Path: "PATH"}
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from histoscan.explain.gradcam import centre_box, overlay
+from histoscan.explain.gradcam import centre_box, centre_fraction, overlay
 
 CASE_TITLES = {
     "TP": "true positive: tumour, called tumour",
@@ -36,9 +36,13 @@ def png_bytes(fig: Any, dpi: int = 100) -> bytes:
     return buf.getvalue()
 
 
+LABEL_WORDS = {0: "normal", 1: "tumour"}
+PATCH_IN = 1.92  # inches per 96 px patch at 100 dpi: thumbnails at 2x (192 px)
+
+
 def caption(prob: float, label: int) -> str:
-    """'p=0.93 label=1' ('label=?' when unlabelled)."""
-    return f"p={prob:.2f} label={label if label >= 0 else '?'}"
+    """'P(tumour) 0.93, label tumour' ('label ?' when unlabelled)."""
+    return f"P(tumour) {prob:.2f}, label {LABEL_WORDS.get(label, '?')}"
 
 
 def _show(ax: Any, image: np.ndarray, box: bool = True, title: str | None = None) -> None:
@@ -60,7 +64,7 @@ def _show(ax: Any, image: np.ndarray, box: bool = True, title: str | None = None
     ax.set_xticks([])
     ax.set_yticks([])
     if title:
-        ax.set_title(title, fontsize=7, pad=2)
+        ax.set_title(title, fontsize=8, pad=2)
 
 
 def gallery_png(
@@ -73,25 +77,31 @@ def gallery_png(
 ) -> bytes:
     """Patches (top) and Grad-CAM overlays (below) in one row pair per group, e.g. TP/TN/FP/FN.
 
-    The green square is the centre 32x32 region the label refers to.
+    The green square is the centre 32x32 region the label refers to; under each overlay, the
+    share of the map's weight inside it (11 % if spread evenly). One colour bar explains the
+    overlay colours.
     """
+    import matplotlib as mpl
+
     plt = pyplot()
     order = list(dict.fromkeys(groups))  # groups in first-seen order
     members = {g: [i for i, x in enumerate(groups) if x == g] for g in order}
     ncols = max(1, max(len(m) for m in members.values()))
-    fig = plt.figure(figsize=(1.25 * ncols + 0.4, 2.95 * len(order)))
-    for sub, g in zip(fig.subfigures(len(order), 1, squeeze=False)[:, 0], order, strict=True):
+    shares = centre_fraction(maps)  # (N,), NaN for an empty map
+    fig = plt.figure(figsize=(1.7 * ncols + 1.2, 3.9 * len(order) + 0.7))
+    top, bar = fig.subfigures(2, 1, height_ratios=[3.9 * len(order), 0.7])
+    for sub, g in zip(top.subfigures(len(order), 1, squeeze=False)[:, 0], order, strict=True):
         sub.suptitle(
             f"{g}: {CASE_TITLES[g]}" if g in CASE_TITLES else g,
             x=0.01,
             ha="left",
-            fontsize=9,
+            fontsize=11,
             weight="bold",
         )
         axes = sub.subplots(2, ncols, squeeze=False)
-        sub.subplots_adjust(left=0.05, right=0.99, top=0.86, bottom=0.02, wspace=0.06, hspace=0.16)
-        axes[0, 0].set_ylabel("patch", fontsize=7)
-        axes[1, 0].set_ylabel("Grad-CAM", fontsize=7)
+        sub.subplots_adjust(left=0.06, right=0.99, top=0.86, bottom=0.08, wspace=0.08, hspace=0.3)
+        axes[0, 0].set_ylabel("patch", fontsize=9)
+        axes[1, 0].set_ylabel("Grad-CAM", fontsize=9)
         for c in range(ncols):
             if c >= len(members[g]):
                 axes[0, c].axis("off")
@@ -100,7 +110,21 @@ def gallery_png(
             i = members[g][c]
             _show(axes[0, c], images[i], title=caption(float(probs[i]), int(labels[i])))
             _show(axes[1, c], overlay(images[i], maps[i], alpha))
-    return png_bytes(fig, dpi=110)
+            share = shares[i]
+            axes[1, c].set_xlabel(
+                "no tumour evidence" if np.isnan(share) else f"{100 * share:.0f}% in centre",
+                fontsize=8,
+                labelpad=2,
+            )
+    ax = bar.add_axes((0.25, 0.45, 0.5, 0.22))
+    fig.colorbar(
+        mpl.cm.ScalarMappable(mpl.colors.Normalize(0, 1), cmap="jet"),
+        cax=ax,
+        orientation="horizontal",
+        label="Grad-CAM weight, scaled to each patch's maximum: 0 no evidence, 1 most tumour "
+        "evidence",
+    )
+    return png_bytes(fig, dpi=100)
 
 
 def scatter_png(xy: np.ndarray, values: np.ndarray, kind: str, title: str) -> bytes:
@@ -147,13 +171,15 @@ def scatter_png(xy: np.ndarray, values: np.ndarray, kind: str, title: str) -> by
     return png_bytes(fig)
 
 
-def thumbnail_grid_png(images: np.ndarray, captions: Sequence[str], ncols: int = 8) -> bytes:
-    """Patches in a grid with a caption above each and the centre region outlined."""
+def thumbnail_grid_png(images: np.ndarray, captions: Sequence[str], ncols: int = 5) -> bytes:
+    """Patches at 2x (192 px) in a grid with a caption above each and the centre outlined."""
     plt = pyplot()
     n = len(images)
     ncols = max(1, min(ncols, n))
     nrows = max(1, -(-n // ncols))
-    fig, axes = plt.subplots(nrows, ncols, figsize=(1.3 * ncols, 1.5 * nrows), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, ncols, figsize=(PATCH_IN * 1.12 * ncols, PATCH_IN * 1.3 * nrows), squeeze=False
+    )
     for k, ax in enumerate(axes.flat):
         if k < n:
             _show(ax, images[k], title=captions[k])
@@ -171,14 +197,14 @@ def cluster_strip_png(exemplars: Sequence[np.ndarray], row_titles: Sequence[str]
     fig, axes = plt.subplots(
         nrows,
         ncols + 1,
-        figsize=(1.1 * ncols + 2.6, 1.15 * nrows),
+        figsize=(PATCH_IN * 1.05 * ncols + 2.6, PATCH_IN * 1.08 * nrows),
         squeeze=False,
         gridspec_kw={"width_ratios": [2.3] + [1] * ncols},
     )
     for r in range(nrows):
         axes[r, 0].axis("off")
         if r < len(exemplars):
-            axes[r, 0].text(0.0, 0.5, row_titles[r], fontsize=8, va="center", ha="left")
+            axes[r, 0].text(0.0, 0.5, row_titles[r], fontsize=10, va="center", ha="left")
         for c in range(ncols):
             ax = axes[r, c + 1]
             if r < len(exemplars) and c < len(exemplars[r]):

@@ -1,8 +1,10 @@
 """Grad-CAM of the tumour logit, and overlays that show it on the patch.
 
-The target layer is the one the model's spec names (``ModelSpec.target_layer``), resolved with
-``get_submodule``: the registry decides where each architecture is looked at, nothing here guesses.
-The network sees exactly what prediction feeds it, through ``InferenceNet.preprocess``.
+The target is the network's own ``gradcam_layers()`` where it has one (histocnn and its
+ensembles: the 6x6 map before the last pooling, so a cell is 16 px, half the labelled centre),
+else the layer its spec names (``ModelSpec.target_layer``, resolved with ``get_submodule``):
+the model decides where it is looked at, nothing here guesses. The network sees exactly what
+prediction feeds it, through ``InferenceNet.preprocess``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import functools
 import numpy as np
 
 from histoscan.errors import DataError, ModelError
-from histoscan.models.bundle import ModelFile
+from histoscan.models.modelfile import ModelFile
 
 CENTRE_PX = 32  # the PCam label refers to the centre 32x32 pixels of a 96x96 patch
 
@@ -43,14 +45,23 @@ class GradCAM:
         spec = mf.spec
         if mf.net is None:
             raise ModelError(f"{mf.path}: Grad-CAM needs torch weights; use the .pt model file")
-        if not spec.target_layer:
-            raise ModelError(f"model {spec.name} names no Grad-CAM target layer in its spec")
-        try:
-            self.target_layer = mf.net.get_submodule(spec.target_layer)
-        except AttributeError as exc:
-            raise ModelError(f"model {spec.name} has no layer {spec.target_layer!r}") from exc
+        self.target_layers = self._layers(mf.net, spec)
+        self.layer_name = _layer_names(mf.net, self.target_layers)
         self.infer = mf.inference_net()  # preprocessing exactly as prediction does it
         self.batch_size = batch_size
+
+    @staticmethod
+    def _layers(net: object, spec: object) -> list:
+        finer = getattr(net, "gradcam_layers", None)
+        if finer is not None:
+            return list(finer())
+        name = getattr(spec, "target_layer", None)
+        if not name:
+            raise ModelError(f"model {spec.name} names no Grad-CAM target layer in its spec")  # type: ignore[attr-defined]
+        try:
+            return [net.get_submodule(name)]  # type: ignore[attr-defined]
+        except AttributeError as exc:
+            raise ModelError(f"model {spec.name} has no layer {name!r}") from exc  # type: ignore[attr-defined]
 
     def explain(self, images: np.ndarray) -> np.ndarray:
         """Maps (N, H, W) float32 in [0, 1] of uint8 patches (N, H, W, 3); 1 = most tumour evidence.
@@ -66,7 +77,7 @@ class GradCAM:
         n, h, w, _ = images.shape
         maps = np.zeros((n, h, w), dtype=np.float32)
         # not `with`: the library's __exit__ swallows IndexError, which would hide a failure
-        cam = LibGradCAM(model=self.infer.net, target_layers=[self.target_layer])
+        cam = LibGradCAM(model=self.infer.net, target_layers=self.target_layers)
         try:
             for start in range(0, n, self.batch_size):
                 batch = torch.from_numpy(images[start : start + self.batch_size].copy())
@@ -77,6 +88,12 @@ class GradCAM:
         finally:
             cam.activations_and_grads.release()
         return np.clip(np.nan_to_num(maps, nan=0.0, posinf=1.0, neginf=0.0), 0.0, 1.0)
+
+
+def _layer_names(net: object, layers: list) -> str:
+    """'members.0.stages.3.act, members.1.stages.3.act' for the captions."""
+    names = {id(m): n for n, m in net.named_modules()}  # type: ignore[attr-defined]
+    return ", ".join(names.get(id(layer), type(layer).__name__) for layer in layers)
 
 
 def _resize_maps(maps: np.ndarray, h: int, w: int) -> np.ndarray:

@@ -1,7 +1,8 @@
 """An ensemble of same-architecture members as one model: mean logit, concatenated features.
 
-Concatenating the members' last feature maps behind one named layer (``features``) gives Grad-CAM
-a single target that covers every member, and the embedding a single vector per patch.
+Concatenating the members' last feature maps behind one named layer (``features``) gives the
+embedding a single vector per patch; Grad-CAM looks at each member's finer 6x6 map instead
+(``gradcam_layers``) and averages them.
 """
 
 from __future__ import annotations
@@ -40,6 +41,10 @@ class Ensemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
+
+    def gradcam_layers(self) -> list[nn.Module]:
+        """Every member's finer Grad-CAM layer (6x6 before the last pooling, not the 3x3 output)."""
+        return [layer for m in self.members for layer in m.gradcam_layers()]
 
 
 @register_model(

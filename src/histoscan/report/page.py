@@ -251,17 +251,33 @@ def _gradcam(d: ReportData) -> str:
     share = "; ".join(
         f"{g} {pct(v)}" if v is not None else f"{g}: no tumour evidence" for g, v in d.cases.items()
     )
+    where = (
+        "on the 6&times;6 map before the network's last pooling, one cell per 16&times;16 pixels"
+        if d.mf.spec.name.startswith("histocnn")
+        else f"at layer <code>{esc(d.mf.spec.target_layer)}</code>"
+    )
+    values = [v for v in d.cases.values() if v is not None]
+    verdict = (
+        ""
+        if not values
+        else " The shares sit near that even 11%: the maps do not single out the centre, so "
+        "read them as where the evidence lies in the whole patch, not as proof that the model "
+        "looks where the label is."
+        if max(values) < 0.2
+        else " Where a share is well above 11%, the model's evidence is concentrated in the "
+        "labelled centre."
+    )
     body = (
-        "<p>The most confident correct and wrong calls among the evaluated patches, with "
-        "captions giving the probability and the true label. Below each patch, Grad-CAM colours "
-        "red the regions that raised the tumour logit most (at layer "
-        f"<code>{esc(d.mf.spec.target_layer)}</code>) and blue those that did not; a patch with "
-        "no evidence for tumour anywhere is all blue. The green square is the centre region the "
-        "label refers to. A model that follows the label should look inside it; its confident "
-        "errors show what fools it, for example dense lymphocytes, folds, odd staining, or "
-        "tumour just outside the centre.</p>"
-        f"<p>Share of the Grad-CAM weight inside the centre square (1/9 of the patch, 11% if "
-        f"spread evenly): {esc(share) or 'n/a'}.</p>" + img(d.images.get("gradcam"), "Grad-CAM")
+        "<p>The most confident correct and wrong calls among the evaluated patches. Above each "
+        "patch: the probability of tumour and the true label. Below it, Grad-CAM "
+        f"({where}) colours red the regions that raised the tumour logit most and blue those "
+        "that did not (colour bar under the figure); a patch with no evidence for tumour "
+        "anywhere is all blue. The green square is the centre region the label refers to. Its "
+        "confident errors show what fools the model, for example dense lymphocytes, folds, odd "
+        "staining, or tumour just outside the centre.</p>"
+        f"<p>Mean share of the Grad-CAM weight inside the centre square (1/9 of the patch, 11% "
+        f"if spread evenly): {esc(share) or 'n/a'}.{verdict}</p>"
+        + img(d.images.get("gradcam"), "Grad-CAM")
     )
     return _section("gradcam", body)
 
