@@ -51,10 +51,23 @@ def test_grouped_split_is_a_partition_with_whole_groups() -> None:
     assert len(set(groups[val])) == 3 and len(val) == 15
 
 
+def test_grouped_split_is_reproducible_and_works_with_just_enough_groups() -> None:
+    labels = np.array([0, 1] * 30)
+    groups = np.repeat(np.arange(12), 5)
+    same = [split_indices(labels, 0.25, seed=7, groups=groups)[1] for _ in range(2)]
+    assert np.array_equal(*same)
+    others = {tuple(split_indices(labels, 0.25, seed=s, groups=groups)[1]) for s in range(6)}
+    assert len(others) > 1  # the seed is used
+    four = np.repeat(np.arange(4), 5)  # exactly the 4 groups a 25 % split needs
+    train, val = split_indices(np.array([0, 1] * 10), 0.25, seed=0, groups=four)
+    check_partition(train, val, 20)
+    assert len(set(four[val])) == 1
+
+
 def test_bad_fractions_and_too_few_groups_are_refused() -> None:
     labels = np.array([0, 1] * 10)
     for fraction in (0.0, 1.0, -0.1, 1.5):
-        with pytest.raises(ValueError, match=r"val_fraction must lie in \(0, 1\)"):
+        with pytest.raises(ValueError, match=r"^val_fraction must lie in \(0, 1\)$"):
             split_indices(labels, fraction, seed=0)
     with pytest.raises(DataError, match="need at least 5 groups for a 20% grouped split"):
         split_indices(labels, 0.2, seed=0, groups=np.repeat(np.arange(4), 5))
