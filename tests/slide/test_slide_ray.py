@@ -30,6 +30,27 @@ def ray_session():
     ray.shutdown()
 
 
+def test_an_unreachable_cluster_is_one_line_before_any_work(
+    exact_tiff: Path, untrained_model_file: Path, tmp_path: Path, monkeypatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from histoscan.cli import slide_cmd  # noqa: F401  (registers `histoscan slide`)
+    from histoscan.cli.app import app
+
+    assert not ray.is_initialized()  # runs before the module's Ray session starts
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    slides = [shutil.copy(exact_tiff, tmp_path / f"{n}.tif") for n in ("a", "b")]
+    result = CliRunner().invoke(
+        app,
+        ["slide", *map(str, slides), "--out", str(tmp_path / "out"), "--quiet",
+         "--model", str(untrained_model_file), "--executor", "ray", "--ray-address", "auto"],
+    )  # fmt: skip
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith("error: cannot start or join Ray at auto")
+    assert not (tmp_path / "out").exists()
+
+
 def read_csv(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as fh:
         return list(csv.DictReader(fh))

@@ -198,7 +198,6 @@ def run_slides(
         state, summary = completed_summary(result.out_dir, record)
         if state == "same" and not overwrite:
             result.status, result.summary = "skipped", summary
-            result.error = "outputs complete for the same model and settings"
             log.info("%s: skipped (done before with the same model and settings)", result.slide)
         elif state == "foreign" or (state == "other" and not overwrite):
             result.error = (

@@ -41,6 +41,9 @@ def run_on_ray(
     single: bool,
 ) -> None:
     """Score ``todo`` on Ray and write each slide's outputs; failures are recorded per slide."""
+    if not todo:
+        return
+    init_ray(options.get("address"))  # before any work: an unreachable cluster fails at once
     prepared: dict[int, tuple[PreparedSlide, float]] = {}
     for k, result in enumerate(todo):
         start = time.perf_counter()
