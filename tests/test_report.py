@@ -211,3 +211,41 @@ def test_report_on_real_patches(real_root: Path, tmp_path: Path):
     assert page.sections == list(SECTIONS)
     assert_images_decode(page.images)
     assert "UMAP" in out.read_text()
+
+
+def test_training_curves_give_each_member_its_own_colour(monkeypatch):
+    import histoscan.explain.figures as figures
+    from histoscan.report.build import training_curves_png
+
+    captured = []
+    monkeypatch.setattr(figures, "png_bytes", lambda fig, dpi=100: captured.append(fig) or b"")
+    rows = [{"epoch": e, "train_loss": 1 / (e + 1), "val_loss": 1.1 / (e + 1), "val_auc": 0.9}
+            for e in range(3)]  # fmt: skip
+    training_curves_png([rows, rows])
+    loss_ax, auc_ax = captured[0].axes[:2]
+    colour = {line.get_label(): line.get_color() for ax in (loss_ax, auc_ax) for line in ax.lines}
+    members = [{c for label, c in colour.items() if label.endswith(f"member {k}")} for k in (1, 2)]
+    assert len(members[0]) == 1 and len(members[1]) == 1 and members[0] != members[1]
+
+
+def test_reliability_diagram_shows_how_many_patches_each_bin_holds(tmp_path, monkeypatch):
+    from matplotlib.figure import Figure
+
+    from histoscan.evaluate import write_plots
+
+    figures = []
+    real_savefig = Figure.savefig
+    monkeypatch.setattr(Figure, "savefig", lambda self, *a, **k: (figures.append(self),
+                        real_savefig(self, *a, **k))[1])  # fmt: skip
+    rng = np.random.default_rng(0)
+    probs = rng.beta(0.5, 0.5, 400)
+    labels = (rng.random(400) < probs).astype(int)
+    metrics = {"roc_auc": 0.8, "roc_auc_ci95": (0.7, 0.9), "confusion": [[1, 2], [3, 4]],
+               "threshold": 0.5}  # fmt: skip
+    write_plots(tmp_path, labels, probs, probs, metrics)
+    fig = next(f for f in figures if any("Reliability" in ax.get_title() for ax in f.axes))
+    counts_ax = fig.axes[1]
+    heights = sorted(round(p.get_height()) for p in counts_ax.patches)
+    expected = np.bincount(np.clip((probs * 10).astype(int), 0, 9), minlength=10)
+    assert heights == sorted([*expected[expected > 0]] * 2)  # before and after: same probs
+    assert counts_ax.get_ylabel() == "patches per bin"

@@ -215,9 +215,15 @@ def write_plots(
     ax.legend(loc="lower left", fontsize=8)
     save(fig, "pr")
 
-    fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    for name, p in (("before (T=1)", probs_raw), ("after temperature scaling", probs)):
-        centres, observed, _ = reliability_bins(labels, p)
+    # the diagram over a histogram of how many patches fall in each bin: a point made of a
+    # handful of patches says little
+    fig, (ax, ax_n) = plt.subplots(
+        2, 1, figsize=(4.6, 5.4), sharex=True, gridspec_kw={"height_ratios": [3, 1.1]}
+    )
+    for k, (name, p) in enumerate(
+        (("before (T=1)", probs_raw), ("after temperature scaling", probs))
+    ):
+        centres, observed, counts = reliability_bins(labels, p)
         ax.plot(
             centres,
             observed,
@@ -225,13 +231,17 @@ def write_plots(
             ms=3,
             label=f"{name}, ECE {expected_calibration_error(labels, p):.3f}",
         )
+        width = 0.042
+        ax_n.bar(centres + (k - 0.5) * width, counts, width=width, label=name)
+        if k == 1:
+            for x, n in zip(centres, counts, strict=True):
+                ax_n.annotate(f"{n:,}", (x + 0.5 * width, n), ha="center", va="bottom", fontsize=6)
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
-    ax.set(
-        xlabel="predicted probability",
-        ylabel="observed tumour fraction",
-        title="Reliability diagram",
-    )
+    ax.set(ylabel="observed tumour fraction", title="Reliability diagram (10 bins)")
     ax.legend(loc="upper left", fontsize=8)
+    ax_n.set_yscale("log")
+    ax_n.margins(y=0.35)
+    ax_n.set(xlabel="predicted probability", ylabel="patches per bin")
     save(fig, "reliability")
 
     fig, ax = plt.subplots(figsize=(3.8, 3.4))

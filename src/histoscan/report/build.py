@@ -270,26 +270,28 @@ def training_curves_png(histories: list[list[dict[str, float]]]) -> bytes:
         return [p[0] + 1 for p in pts], [p[1] for p in pts]
 
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(9.5, 3.3))
+    # one colour per network (member), one line style per curve: solid training, dashed validation
     for k, history in enumerate(histories):
         who = f", member {k + 1}" if len(histories) > 1 else ""
-        for key, label, colour in (
-            ("train_loss", "training loss", "C0"),
-            ("val_loss", "validation loss (NLL)", "C1"),
+        colour = f"C{k % 10}"
+        for key, label, style in (
+            ("train_loss", "training loss", "-"),
+            ("val_loss", "validation loss (NLL)", "--"),
         ):
             ax1.plot(
                 *series(history, key),
                 marker="o",
                 ms=2.5,
                 color=colour,
-                ls="-" if k == 0 else "--",
+                ls=style,
                 label=label + who,
             )
         ax2.plot(
             *series(history, "val_auc"),
             marker="o",
             ms=2.5,
-            color="C2",
-            ls="-" if k == 0 else "--",
+            color=colour,
+            ls="--",
             label=f"validation AUC{who}",
         )
     from matplotlib.ticker import MaxNLocator
