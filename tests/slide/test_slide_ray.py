@@ -64,8 +64,9 @@ def same_summary(a: Path, b: Path) -> None:
 
 
 def test_ray_matches_local_and_a_rerun_skips_everything(
-    ray_session, exact_tiff: Path, untrained_model_file: Path, tmp_path: Path
+    ray_session, exact_tiff: Path, untrained_model_file: Path, tmp_path: Path, monkeypatch
 ) -> None:
+    monkeypatch.setattr("histoscan.slide.ray_exec.SLIDES_PER_ROUND", 2)  # rounds of 2, then 1
     slides = []
     for name in ("a", "b", "c"):
         slides.append(Path(shutil.copy(exact_tiff, tmp_path / f"{name}.tif")))

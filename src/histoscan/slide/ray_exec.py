@@ -29,6 +29,7 @@ from histoscan.slide.run import PreparedSlide, SlideSettings
 
 log = logging.getLogger(__name__)
 
+SLIDES_PER_ROUND = 16  # slides prepared, scored in one dataset, and written together
 READERS_PER_WORKER = 4  # open slides a read worker keeps (tiles of one slide arrive together)
 _readers: OrderedDict[tuple[str, str], Any] = OrderedDict()
 
@@ -40,10 +41,25 @@ def run_on_ray(
     options: dict[str, Any],
     single: bool,
 ) -> None:
-    """Score ``todo`` on Ray and write each slide's outputs; failures are recorded per slide."""
+    """Score ``todo`` on Ray and write each slide's outputs; failures are recorded per slide.
+
+    Slides go in rounds of SLIDES_PER_ROUND, so the driver holds only that many thumbnails
+    and tile lists (a thumbnail is up to 48 MB) however many slides the run has.
+    """
     if not todo:
         return
     init_ray(options.get("address"))  # before any work: an unreachable cluster fails at once
+    for first in range(0, len(todo), SLIDES_PER_ROUND):
+        _run_round(todo[first : first + SLIDES_PER_ROUND], predictor, settings, options, single)
+
+
+def _run_round(
+    todo: list[SlideResult],
+    predictor: Any,
+    settings: SlideSettings,
+    options: dict[str, Any],
+    single: bool,
+) -> None:
     prepared: dict[int, tuple[PreparedSlide, float]] = {}
     for k, result in enumerate(todo):
         start = time.perf_counter()
