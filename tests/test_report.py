@@ -249,3 +249,28 @@ def test_reliability_diagram_shows_how_many_patches_each_bin_holds(tmp_path, mon
     expected = np.bincount(np.clip((probs * 10).astype(int), 0, 9), minlength=10)
     assert heights == sorted([*expected[expected > 0]] * 2)  # before and after: same probs
     assert counts_ax.get_ylabel() == "patches per bin"
+
+
+def test_audit_section_reads_as_words_and_checks_it_covers_the_data(tmp_path):
+    from helpers import make_patch, write_labels, write_patches
+    from histoscan.audit import AuditConfig, run_audit
+    from histoscan.audit.summary import coverage
+    from histoscan.report.page import audit_summary_html
+
+    images = [make_patch(i) for i in range(12)] + [np.full((96, 96, 3), 250, np.uint8)]
+    ids = write_patches(tmp_path / "p", images)
+    write_labels(tmp_path / "labels.csv", [(k, i % 2) for i, k in enumerate(ids)])
+    source = open_source(tmp_path / "p", labels=tmp_path / "labels.csv")
+    run_audit(source, tmp_path / "audit", AuditConfig(folds=2), progress=False)
+    audit = json.loads((tmp_path / "audit" / "audit.json").read_text())
+
+    audit["coverage"] = coverage(tmp_path / "audit" / "audit.json", ids)
+    assert audit["coverage"] == {"patches": 13, "audited": 13, "review": 0, "removed": 1}
+    text = audit_summary_html(audit)
+    assert "covers all 13 patches" in text and "1 removed by the audit" in text
+    assert "near white 1" in text and "seconds.read" not in text  # words, not a key dump
+
+    other = [*ids[:5], "not-audited-1", "not-audited-2"]
+    audit["coverage"] = coverage(tmp_path / "audit" / "audit.json", other)
+    assert audit["coverage"]["audited"] == 5
+    assert "covers only 5 of the 7 patches" in audit_summary_html(audit)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -271,3 +272,27 @@ def _jsonable(obj: Any) -> Any:
     if isinstance(obj, float) and not math.isfinite(obj):
         return None
     return obj
+
+
+def coverage(audit_json: Path, ids: list[str]) -> dict[str, Any]:
+    """How much of a patch set an audit covers, from the clean_manifest.csv beside audit.json.
+
+    Returns ``{"patches": len(ids), "audited": how many of them the manifest lists,
+    "review": how many of those it marks review, "removed": how many it marks 0}``; without a
+    manifest, ``audited`` is None (the audit cannot be matched to the data id by id).
+    """
+    import csv
+
+    manifest = Path(audit_json).parent / "clean_manifest.csv"
+    result: dict[str, Any] = {"patches": len(ids), "audited": None, "review": 0, "removed": 0}
+    if not manifest.is_file():
+        return result
+    with open(manifest, newline="") as fh:
+        keep = {row["id"]: row["keep"] for row in csv.DictReader(fh)}
+    marks = [keep[i] for i in ids if i in keep]
+    result |= {
+        "audited": len(marks),
+        "review": sum(m == "review" for m in marks),
+        "removed": sum(m == "0" for m in marks),
+    }
+    return result

@@ -106,6 +106,10 @@ def build_report(
     predictor.torch_model_file()  # Grad-CAM needs torch: fail before the work, not after
     audit_data = _read_audit(audit) if audit is not None else None
     data = collect(predictor, source, limit, tta, progress)
+    if audit_data is not None:
+        from histoscan.audit.summary import coverage
+
+        audit_data["coverage"] = coverage(audit, list(source.ids))
     data.audit = audit_data
     started = time.perf_counter()
     from histoscan.report.page import render

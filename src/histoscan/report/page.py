@@ -364,22 +364,66 @@ def _audit(d: ReportData) -> str:
     if d.audit is None:
         return _section(
             "audit",
-            "<p><i>No audit given: run <code>histoscan audit DATA</code> "
-            "and pass <code>--audit audit.json</code> to include one.</i></p>",
+            "<p><i>No audit given: run <code>histoscan audit DATA --out AUDIT</code> "
+            "and pass <code>--audit AUDIT/audit.json</code> to include one.</i></p>",
         )
-    rows: list[list[Any]] = []
-    for key, value in d.audit.items():
-        if isinstance(value, dict):
-            rows += [[f"{key}.{k}", v] for k, v in value.items() if _scalar(v)]
-        elif isinstance(value, list):
-            rows.append([key, f"{len(value)} items"])
-        elif _scalar(value):
-            rows.append([key, value])
-    return _section(
-        "audit",
-        "<p>The top-level numbers of the data audit.</p>" + table(rows[:60], ["item", "value"]),
+    return _section("audit", audit_summary_html(d.audit))
+
+
+def audit_summary_html(audit: dict[str, Any]) -> str:
+    """The audit's findings in words and one table, and whether it covers this report's data."""
+    about = audit.get("about", {})
+    clean = audit.get("cleaning", {})
+    dups = audit.get("outliers", {}).get("duplicates", {})
+    base = (audit.get("correlations", {}).get("baseline") or {}).get("all")
+    cov = audit.get("coverage") or {}
+    n, audited = cov.get("patches"), cov.get("audited")
+    if audited is None:
+        match = (
+            "<p class=note>The audit has no clean_manifest.csv beside it, so it cannot be "
+            "matched to this report's patches id by id.</p>"
+        )
+    elif audited < n:
+        match = (
+            f"<p class=note>The audit covers only {audited:,} of the {n:,} patches in this "
+            "report: its numbers describe other data, at least in part.</p>"
+        )
+    else:
+        match = f"<p>The audit covers all {n:,} patches of this report.</p>"
+    hits = {rule: sum(by_class.values()) for rule, by_class in (clean.get("hits") or {}).items()}
+    rules = ", ".join(
+        f"{rule.replace('_', ' ')} {count:,}"
+        for rule, count in sorted(hits.items(), key=lambda x: -x[1])
+        if count
     )
-
-
-def _scalar(value: Any) -> bool:
-    return value is None or isinstance(value, str | int | float | bool)
+    pos = about.get("positive_fraction")
+    rows = [
+        ["data", esc((audit.get("source") or {}).get("description", "?"))],
+        ["patches (readable)", f"{about.get('patches', 0):,} ({about.get('readable', 0):,})"],
+        ["tumour share", "?" if pos is None else pct(pos)],
+        ["removed by cleaning", f"{clean.get('removed_total', 0):,}"],
+        ["kept but marked review", f"{clean.get('review_total', 0):,}"],
+        ["rule hits", rules or "none"],
+        [
+            "exact / near duplicates",
+            f"{dups.get('exact_extra_copies', 0):,} copies / {dups.get('near_pairs', 0):,} pairs",
+        ],
+        [
+            "colour-feature baseline",
+            "not fitted"
+            if not base
+            else f"logistic regression, {base['folds']}-fold CV AUC {base['auc_mean']:.3f} "
+            f"&plusmn; {base['auc_sd']:.3f}: the floor a CNN must clear",
+        ],
+    ]
+    if cov.get("audited"):
+        rows.append(
+            [
+                "of this report's patches",
+                f"{cov['removed']:,} removed by the audit, {cov['review']:,} marked review",
+            ]
+        )
+    body = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    command = audit.get("command")
+    again = f"<p class=small>Made by <code>{esc(command)}</code>.</p>" if command else ""
+    return match + f"<table class=kv>{body}</table>" + again
