@@ -148,6 +148,8 @@ def mutmut_config(module: str, tests: list[str]) -> str:
     existing = [t for t in tests if (ROOT / t.split("::")[0]).is_file()]
     settings = {
         **base,
+        # a TestClient leaves anyio threads behind: fork each mutant from a clean server instead
+        **({"process_isolation": "forkserver"} if module.startswith("serve/") else {}),
         "only_mutate": [f"src/histoscan/{module}.py"],
         "pytest_add_cli_args_test_selection": existing,
     }
