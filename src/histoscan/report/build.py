@@ -92,8 +92,11 @@ def build_report(
     engine: str = "auto",
     device: str = "auto",
     batch_size: int = 256,
+    command: str | None = None,
 ) -> dict[str, Any]:
     """Write the report to ``out`` atomically; return a summary with seconds per stage.
+
+    ``command`` (the command line that ran) is the page's "Reproduce" line.
 
     Metrics come from the same engine, and so the same numbers, as ``histoscan evaluate`` with
     the same ``engine``; Grad-CAM from the model's torch weights.
@@ -111,6 +114,7 @@ def build_report(
 
         audit_data["coverage"] = coverage(audit, list(source.ids))
     data.audit = audit_data
+    data.command = command
     started = time.perf_counter()
     from histoscan.report.page import render
 
