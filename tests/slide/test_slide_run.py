@@ -238,6 +238,8 @@ def test_output_folder_must_be_new_or_empty(
         (SlideSettings(threshold=1.5), "threshold"),
         (SlideSettings(stride_px=-4), "stride"),
         (SlideSettings(mpp=0.0), "mpp must be positive"),
+        (SlideSettings(min_tissue=0.0), "min-tissue"),
+        (SlideSettings(min_tissue=1.5), "min-tissue"),
     ],
 )
 def test_bad_settings_are_refused_before_any_work(
