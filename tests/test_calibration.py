@@ -7,6 +7,7 @@ function, the NLL written out), never through ``histoscan.calibration`` itself.
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -30,6 +31,9 @@ def test_sigmoid_is_the_logistic_function() -> None:
     np.testing.assert_allclose(sigmoid(z), expected, rtol=1e-12, atol=1e-26)
     assert sigmoid(np.array([0.0]))[0] == 0.5
     assert np.all(np.isfinite(sigmoid(z)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow in exp for huge logits of either sign
+        assert sigmoid(np.array([-1e4, 1e4])).tolist() == pytest.approx([0.0, 1.0], abs=1e-20)
 
 
 def test_sensitivity_rule_takes_the_highest_threshold_reaching_the_target() -> None:
@@ -52,9 +56,18 @@ def test_youden_rule_maximises_sensitivity_plus_specificity() -> None:
     assert resolve_threshold("youden", SCORES, LABELS) == pytest.approx(0.70)
 
 
-@pytest.mark.parametrize(("rule", "expected"), [(0.3, 0.3), ("0.25", 0.25), (1, 1.0)])
+@pytest.mark.parametrize(
+    ("rule", "expected"), [(0.3, 0.3), ("0.25", 0.25), (1, 1.0), (0.0, 0.0), ("0", 0.0)]
+)
 def test_a_number_is_its_own_threshold(rule: object, expected: float) -> None:
     assert resolve_threshold(rule, None, None) == expected
+
+
+def test_no_rule_means_the_stored_threshold_and_is_valid() -> None:
+    from histoscan.calibration import check_threshold_rule
+
+    assert check_threshold_rule(None) is None
+    assert check_threshold_rule("youden") is None and check_threshold_rule(0.0) is None
 
 
 def test_rules_need_validation_data_and_known_names() -> None:
