@@ -268,9 +268,10 @@ def fit(
     split = make_split(source, cfg, manifest, groups_csv)
     if resume and primary:
         run_rules.check_resume_split(run_dir, run_rules.split_rows(split))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
-    _write_split(run_dir / "split.csv", split)
+    if primary:  # the other ranks write nothing before rank 0 has checked the folder
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+        _write_split(run_dir / "split.csv", split)
 
     loader_kw = dict(
         batch_size=cfg.batch_size,
