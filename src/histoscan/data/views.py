@@ -11,6 +11,12 @@ from enum import StrEnum
 
 import numpy as np
 
+from histoscan.errors import HistoscanError
+
+
+class TtaError(HistoscanError, ValueError):
+    """An unknown TTA mode: a user's mistake (one line, exit 2), and a ValueError for callers."""
+
 
 class Tta(StrEnum):
     """Test-time augmentation: the identity, identity + horizontal flip, or all 8 dihedral views."""
@@ -33,7 +39,7 @@ def parse_tta(tta: str | Tta) -> Tta:
         return Tta(str(tta))
     except ValueError:
         choices = ", ".join(t.value for t in Tta)
-        raise ValueError(f"unknown TTA mode {tta!r}; choose from {choices}") from None
+        raise TtaError(f"unknown TTA mode {tta!r}; choose from {choices}") from None
 
 
 def tta_views(tta: str | Tta) -> list[int]:
