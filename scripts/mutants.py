@@ -47,7 +47,7 @@ MODULES: dict[str, list[str]] = {
     "data/store": ["tests/data/test_store.py", "tests/data/test_store_roundtrip.py"],
     "data/verify": ["tests/data/test_verify.py", "tests/data/test_patch_shape.py"],
     "data/sources": ["tests/data/test_sources.py", "tests/data/test_patch_shape.py"],
-    "serve/security": ["tests/serve/test_serve_exactness.py"],
+    "serve/security": ["tests/serve/test_serve_exactness.py", "tests/serve/test_serve_api.py"],
     "slide/tiling": ["tests/slide/test_slide_geometry.py"],
     "slide/geojson": ["tests/slide/test_slide_geometry.py"],
 }
