@@ -373,3 +373,54 @@ def test_histocnn_gradcam_looks_at_the_6x6_map_before_the_last_pooling():
     assert [tuple(s[2:]) for s in shapes] == [(6, 6), (6, 6)]
     maps = cam.explain(patches(2))
     check_maps(maps, 2)
+
+
+def real_mix(real_root: Path, folder: Path, n_val: int, n_train: int) -> tuple[set[str], Path]:
+    """Real patches, some the bundled model held out and some it was trained on; labels CSV."""
+    mf = load_model_file(None)
+    val = sorted(mf.card["val_ids"])
+    with open(real_root / "train_labels.csv") as fh:
+        labels = dict(csv.reader(fh))
+    held = set(val)
+    trained = sorted(k for k in labels if k not in held and k != "id")[:n_train]
+    chosen = val[:n_val] + trained
+    folder.mkdir()
+    for key in chosen:
+        (folder / f"{key}.webp").symlink_to(real_root / "train" / f"{key}.webp")
+    csv_path = folder.parent / "labels.csv"
+    write_labels(csv_path, [(k, labels[k]) for k in chosen])
+    return set(trained), csv_path
+
+
+def test_embed_marks_the_patches_the_model_was_trained_on(real_root: Path, tmp_path: Path):
+    trained, labels = real_mix(real_root, tmp_path / "p", 30, 20)  # the card lists held-out ids
+    out = tmp_path / "emb"
+    result = run_cli(
+        "embed", tmp_path / "p", "--labels", labels, "--out", out, "--clusters", "3", "--quiet"
+    )
+    assert result.exit_code == 0, result.output
+    with open(out / "embedding.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert {r["id"] for r in rows if r["seen_in_training"] == "1"} == trained
+    summary = json.loads((out / "clusters.json").read_text())
+    assert summary["n_seen_in_training"] == 20
+    assert sum(c["n_seen_in_training"] for c in summary["clusters"]) == 20
+    for c in summary["clusters"]:  # tumour fraction among this cluster's held-out patches
+        held = [r for r in rows if r["cluster"] == str(c["cluster"]) and r["id"] not in trained]
+        want = np.mean([int(r["label"]) for r in held]) if held else None
+        assert c["tumour_fraction_held_out"] == pytest.approx(want)
+    with open(out / "mislabel_candidates.csv") as fh:
+        for r in csv.DictReader(fh):
+            assert r["seen_in_training"] == ("1" if r["id"] in trained else "0")
+
+
+def test_explain_picks_cases_from_held_out_patches_and_marks_them(real_root: Path, tmp_path):
+    trained, labels = real_mix(real_root, tmp_path / "p", 16, 16)
+    out = tmp_path / "exp"
+    result = run_cli("explain", tmp_path / "p", "--labels", labels, "--out", out, "--n", "2",
+                     "--quiet")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "explain.json").read_text())
+    assert summary["patches"] and summary["n_seen_in_training"] == 0
+    assert not {r["id"] for r in summary["patches"]} & trained
+    assert all(r["seen_in_training"] is False for r in summary["patches"])

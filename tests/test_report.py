@@ -122,7 +122,7 @@ def test_report_has_every_section_and_every_image_decodes(
         "95% CI",
         "Training curves",
         "Grad-CAM",
-        "duplicates.exact",
+        "id by id",  # a bare audit.json (no clean_manifest.csv) cannot be matched
         "Mislabel candidates",
         "before (T = 1)",
     ):
@@ -274,3 +274,18 @@ def test_audit_section_reads_as_words_and_checks_it_covers_the_data(tmp_path):
     audit["coverage"] = coverage(tmp_path / "audit" / "audit.json", other)
     assert audit["coverage"]["audited"] == 5
     assert "covers only 5 of the 7 patches" in audit_summary_html(audit)
+
+
+def test_cluster_purity_is_judged_on_held_out_patches_when_training_ones_are_mapped():
+    from histoscan.report.page import _cluster_notes
+
+    clusters = [  # pure on everything mapped, mixed on the held-out patches
+        {"cluster": 0, "size": 100, "tumour_fraction": 0.98, "mean_prob": 0.95,
+         "n_seen_in_training": 90, "tumour_fraction_held_out": 0.5},
+        {"cluster": 1, "size": 100, "tumour_fraction": 0.02, "mean_prob": 0.05,
+         "n_seen_in_training": 90, "tumour_fraction_held_out": 0.0},
+    ]  # fmt: skip
+    assert _cluster_notes(clusters).startswith("2 of 2 clusters are nearly pure")
+    honest = _cluster_notes(clusters, held_out_only=True)
+    assert honest.startswith("1 of 2 clusters are nearly pure (under 10% or over 90% tumour among")
+    assert "cluster 0 (100 patches, 50% tumour)" in honest

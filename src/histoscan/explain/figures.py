@@ -127,11 +127,32 @@ def gallery_png(
     return png_bytes(fig, dpi=100)
 
 
-def scatter_png(xy: np.ndarray, values: np.ndarray, kind: str, title: str) -> bytes:
-    """The 2-D map coloured by label (``kind='label'``, -1 = unlabelled) or probability."""
+def scatter_png(
+    xy: np.ndarray, values: np.ndarray, kind: str, title: str, seen: np.ndarray | None = None
+) -> bytes:
+    """The 2-D map coloured by label (``kind='label'``, -1 = unlabelled) or probability.
+
+    ``seen`` (N,) bool marks patches the model was trained on: drawn as small crosses under the
+    held-out dots, so a map of mostly training patches cannot pass for generalisation.
+    """
     plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.2, 4.6))
     size = float(np.clip(3000 / max(len(xy), 1), 1.5, 30))
+    if seen is not None and seen.any():
+        held = ~seen
+        ax.scatter(
+            xy[seen, 0],
+            xy[seen, 1],
+            s=size * 0.7,
+            c="#9a9a9a",
+            marker="x",
+            lw=0.5,
+            alpha=0.5,
+            label=f"seen in training, n={int(seen.sum())}",
+            rasterized=True,
+        )
+        xy, values = xy[held], values[held]
+        title += f" ({int(held.sum())} held-out in colour)"
     if kind == "label":
         for value, colour, name in (
             (-1, "#bbbbbb", "unlabelled"),
@@ -165,6 +186,8 @@ def scatter_png(xy: np.ndarray, values: np.ndarray, kind: str, title: str) -> by
             rasterized=True,
         )
         fig.colorbar(sc, ax=ax, fraction=0.046, pad=0.02, label="P(tumour)")
+        if seen is not None and seen.any():
+            ax.legend(loc="best", fontsize=8, markerscale=3, frameon=True)
     ax.set_title(title, fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,7 +24,24 @@ from histoscan.explain.embedding import map_embedding
 from histoscan.explain.gradcam import GradCAM, centre_fraction, overlay, with_centre_box
 from histoscan.io import atomic_dir
 
+log = logging.getLogger(__name__)
+
 CASES = ("TP", "TN", "FP", "FN")
+
+
+def seen_in_training(predictor: Any, source: PatchSource, idx: np.ndarray) -> np.ndarray:
+    """(N,) bool: which of the patches ``idx`` the model was trained on; warns with the count."""
+    seen = np.asarray(
+        predictor.model_file.meta.seen_in_training([source.ids[i] for i in idx]), dtype=bool
+    )
+    if seen.any():
+        log.warning(
+            "warning: %d of %d patches were used to train this model; they are marked "
+            "seen_in_training (and drawn apart in the maps)",
+            int(seen.sum()),
+            len(idx),
+        )
+    return seen
 
 
 def indices_for_ids(source: PatchSource, ids: Sequence[str]) -> np.ndarray:
@@ -98,6 +116,10 @@ def choose_patches(
         if len(labelled) == 0:
             raise DataError(f"{source.root}: no labels, so no TP/TN/FP/FN; pass --ids")
         idx = sample_indices(labelled, limit)
+    if not ids:  # cases from the held-out patches when there are any
+        seen = predictor.model_file.meta.seen_in_training([source.ids[i] for i in idx])
+        if 0 < np.sum(seen) < len(idx):
+            idx = idx[~np.asarray(seen, dtype=bool)]
     mf = predictor.model_file
     probs = predictor.infer_source(source, tta, idx, progress=progress).probs(mf.temperature)
     labels = source.labels[idx].astype(np.int64)
@@ -140,9 +162,17 @@ def run_explain(
         gallery = figures.gallery_png(images, maps, probs, labels, groups)
         (tmp / "gradcam.png").write_bytes(gallery)
         rows = _write_patch_pngs(tmp / "patches", source, idx, images, maps, groups)
-        for row, y, p, frac in zip(rows, labels, probs, centre_fraction(maps), strict=True):
+        seen = seen_in_training(predictor, source, idx)
+        for row, y, p, frac, s in zip(
+            rows, labels, probs, centre_fraction(maps), seen, strict=True
+        ):
             share = None if np.isnan(frac) else round(float(frac), 4)
-            row.update(label=int(y), prob=round(float(p), 6), centre_fraction=share)
+            row.update(
+                label=int(y),
+                prob=round(float(p), 6),
+                centre_fraction=share,
+                seen_in_training=bool(s),
+            )
         summary = {
             "model": mf.path.name,
             "inference": predictor.describe(),
@@ -152,6 +182,7 @@ def run_explain(
             "threshold": mf.threshold,
             "target_layer": mf.spec.target_layer,
             "n_scanned": n_scanned,
+            "n_seen_in_training": int(seen.sum()),
             "counts": {g: groups.count(g) for g in dict.fromkeys(groups)},
             "patches": rows,
         }
@@ -202,9 +233,10 @@ def run_embed(
         labels = source.labels[idx].astype(np.int64)
         emap = map_embedding(result.features, labels, probs, n_clusters, method)
         ids = [source.ids[i] for i in idx]
+        seen = seen_in_training(predictor, source, idx)
         with open(tmp / "embedding.csv", "w", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
-            writer.writerow(["id", "x", "y", "label", "prob", "cluster"])
+            writer.writerow(["id", "x", "y", "label", "prob", "cluster", "seen_in_training"])
             for j, key in enumerate(ids):
                 writer.writerow(
                     [
@@ -214,10 +246,18 @@ def run_embed(
                         labels[j] if labels[j] >= 0 else "",
                         f"{probs[j]:.6f}",
                         int(emap.cluster[j]),
+                        int(seen[j]),
                     ]
                 )
-        write_embedding_figures(tmp, source, idx, emap, labels, probs)
-        clusters = [{**c, "exemplars": [ids[j] for j in c["exemplars"]]} for c in emap.clusters]
+        write_embedding_figures(tmp, source, idx, emap, labels, probs, seen)
+        clusters = [
+            {
+                **c,
+                "exemplars": [ids[j] for j in c["exemplars"]],
+                **held_out_stats(c, emap, labels, seen),
+            }
+            for c in emap.clusters
+        ]
         summary = {
             "model": predictor.model_file.path.name,
             "inference": predictor.describe(),
@@ -225,6 +265,7 @@ def run_embed(
             "tta": tta,
             "method": emap.method,
             "n": len(idx),
+            "n_seen_in_training": int(seen.sum()),
             "clusters": clusters,
             "mislabel_candidates": len(emap.mislabels),
         }
@@ -239,36 +280,66 @@ def write_embedding_figures(
     emap: Any,
     labels: np.ndarray,
     probs: np.ndarray,
+    seen: np.ndarray | None = None,
 ) -> None:
-    """umap_label.png, umap_prob.png, clusters.png, mislabel_candidates.csv and .png."""
+    """umap_label.png, umap_prob.png, clusters.png, mislabel_candidates.csv and .png.
+
+    ``seen`` (N,) bool marks patches the model was trained on, in the maps and the lists.
+    """
+    seen = np.zeros(len(idx), bool) if seen is None else seen
     name = emap.method.upper().replace("TSNE", "t-SNE")
     (folder / "umap_label.png").write_bytes(
-        figures.scatter_png(emap.xy, labels, "label", f"{name} of model features, by label")
+        figures.scatter_png(emap.xy, labels, "label", f"{name} of model features, by label", seen)
     )
     (folder / "umap_prob.png").write_bytes(
-        figures.scatter_png(emap.xy, probs, "prob", f"{name}, by predicted probability")
+        figures.scatter_png(emap.xy, probs, "prob", f"{name}, by predicted probability", seen)
     )
-    (folder / "clusters.png").write_bytes(cluster_strip(source, idx, emap.clusters))
+    marked = [{**c, **held_out_stats(c, emap, labels, seen)} for c in emap.clusters]
+    (folder / "clusters.png").write_bytes(cluster_strip(source, idx, marked))
     with open(folder / "mislabel_candidates.csv", "w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
-        writer.writerow(["id", "label", "prob", "cluster"])
+        writer.writerow(["id", "label", "prob", "cluster", "seen_in_training"])
         for j in emap.mislabels:
             writer.writerow(
-                [source.ids[idx[j]], labels[j], f"{probs[j]:.6f}", int(emap.cluster[j])]
+                [
+                    source.ids[idx[j]],
+                    labels[j],
+                    f"{probs[j]:.6f}",
+                    int(emap.cluster[j]),
+                    int(seen[j]),
+                ]
             )
     (folder / "mislabel_candidates.png").write_bytes(
-        mislabel_grid(source, idx, emap.mislabels, labels, probs)
+        mislabel_grid(source, idx, emap.mislabels, labels, probs, seen=seen)
     )
 
 
-def cluster_strip(source: PatchSource, idx: np.ndarray, clusters: list[dict[str, Any]]) -> bytes:
-    """The cluster exemplar strip, one titled row per cluster."""
+def held_out_stats(
+    cluster: dict[str, Any], emap: Any, labels: np.ndarray, seen: np.ndarray
+) -> dict[str, Any]:
+    """A cluster's count of training patches and its tumour fraction among held-out ones."""
+    members = emap.cluster == cluster["cluster"]
+    held = members & ~seen & (labels >= 0)
+    return {
+        "n_seen_in_training": int((members & seen).sum()),
+        "tumour_fraction_held_out": float(labels[held].mean()) if held.any() else None,
+    }
+
+
+def cluster_strip(
+    source: PatchSource,
+    idx: np.ndarray,
+    clusters: list[dict[str, Any]],
+) -> bytes:
+    """The cluster exemplar strip, one titled row per cluster (with its training-patch count)."""
     exemplars = [source.read_many(idx[c["exemplars"]]) for c in clusters]
     titles = []
     for c in clusters:
         tumour = "?" if c["tumour_fraction"] is None else f"{c['tumour_fraction']:.2f}"
+        n_seen = c.get("n_seen_in_training", 0)
+        trained = f" ({n_seen} trained on)" if n_seen else ""
         titles.append(
-            f"cluster {c['cluster']}  n={c['size']}\n"
+            f"cluster {c['cluster']}  n={c['size']}{trained}\n"
             f"tumour fraction {tumour}\nmean p {c['mean_prob']:.2f}"
         )
     return figures.cluster_strip_png(exemplars, titles)
@@ -281,10 +352,16 @@ def mislabel_grid(
     labels: np.ndarray,
     probs: np.ndarray,
     limit: int = 32,
+    seen: np.ndarray | None = None,
 ) -> bytes:
-    """Thumbnails of the most confident disagreements, captioned with probability and label."""
+    """Thumbnails of the most confident disagreements, captioned with probability and label
+    (and "trained on" for patches the model was trained on)."""
     top = mislabels[:limit]
     if len(top) == 0:
         return figures.message_png("no confident disagreements (label 0 with p>0.9, 1 with p<0.1)")
-    captions = [figures.caption(float(probs[j]), int(labels[j])) for j in top]
+    captions = [
+        figures.caption(float(probs[j]), int(labels[j]))
+        + ("\ntrained on" if seen is not None and seen[j] else "")
+        for j in top
+    ]
     return figures.thumbnail_grid_png(source.read_many(idx[top]), captions)

@@ -77,7 +77,8 @@ class ReportData:
     embedding: Any = None
     audit: dict[str, Any] | None = None
     command: str | None = None  # the command line that made the page
-    mislabel_rows: list[list[Any]] = field(default_factory=list)  # id, label, prob, cluster
+    mislabel_rows: list[list[Any]] = field(default_factory=list)  # id, label, prob, cluster, seen
+    n_seen_mapped: int = 0  # mapped patches the model was trained on
     seconds: dict[str, float] = field(default_factory=dict)
 
 
@@ -251,18 +252,29 @@ def add_gradcam(
 def add_embedding(data: ReportData, pred: Predictions) -> None:
     """The 2-D map by label and probability, cluster strips and mislabel candidates."""
     from histoscan.explain import figures, map_embedding
-    from histoscan.explain.runs import cluster_strip, mislabel_grid
+    from histoscan.explain.runs import cluster_strip, held_out_stats, mislabel_grid
 
     source, idx = data.source, pred.all_idx
     labels = source.labels[idx].astype(np.int64)
     probs = sigmoid(pred.logits_1 / data.mf.temperature)
+    seen = np.asarray(data.mf.meta.seen_in_training([source.ids[i] for i in idx]), dtype=bool)
+    data.n_seen_mapped = int(seen.sum())
     emap = data.embedding = map_embedding(pred.features, labels, probs)
-    data.images["umap_label"] = figures.scatter_png(emap.xy, labels, "label", "by label")
-    data.images["umap_prob"] = figures.scatter_png(emap.xy, probs, "prob", "by probability")
+    emap.clusters = [{**c, **held_out_stats(c, emap, labels, seen)} for c in emap.clusters]
+    data.images["umap_label"] = figures.scatter_png(emap.xy, labels, "label", "by label", seen)
+    data.images["umap_prob"] = figures.scatter_png(emap.xy, probs, "prob", "by probability", seen)
     data.images["clusters"] = cluster_strip(source, idx, emap.clusters)
-    data.images["mislabels"] = mislabel_grid(source, idx, emap.mislabels, labels, probs, 24)
+    data.images["mislabels"] = mislabel_grid(
+        source, idx, emap.mislabels, labels, probs, 24, seen=seen
+    )
     data.mislabel_rows = [
-        [source.ids[idx[j]], int(labels[j]), f"{probs[j]:.3f}", int(emap.cluster[j])]
+        [
+            source.ids[idx[j]],
+            int(labels[j]),
+            f"{probs[j]:.3f}",
+            int(emap.cluster[j]),
+            "yes" if seen[j] else "no",
+        ]
         for j in emap.mislabels
     ]
 

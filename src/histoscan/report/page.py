@@ -291,20 +291,43 @@ def _embedding(d: ReportData) -> str:
             c["size"],
             "?" if c["tumour_fraction"] is None else f"{c['tumour_fraction']:.2f}",
             f"{c['mean_prob']:.2f}",
+            c.get("n_seen_in_training", 0),
+            "?"
+            if c.get("tumour_fraction_held_out") is None
+            else f"{c['tumour_fraction_held_out']:.2f}",
         ]
         for c in e.clusters
     ]
+    seen = d.n_seen_mapped
+    trained = (
+        f"<p class=note>{seen:,} of these {d.n_mapped:,} patches were used to train the model "
+        "(grey crosses in the maps; counted per cluster below). On them the features separate "
+        "the classes by construction: judge the map and the clusters by the held-out patches "
+        "only.</p>"
+        if seen
+        else ""
+    )
     body = (
-        f"<p>Each dot is one of {d.n_mapped:,} patches, placed by {method} so that patches the "
-        "network represents alike (its features before the last layer) lie close together. "
-        "Where the colours of the left map mix, the model cannot tell the classes apart. "
-        "Probabilities here come from one view.</p><div class=row>"
+        trained + f"<p>Each dot is one of {d.n_mapped:,} patches, placed by {method} so that "
+        "patches the network represents alike (its features before the last layer) lie close "
+        "together. Where the colours of the left map mix, the model cannot tell the classes "
+        "apart. Probabilities here come from one view.</p><div class=row>"
         + img(d.images.get("umap_label"), "map coloured by label", "half")
         + img(d.images.get("umap_prob"), "map coloured by probability", "half")
         + "</div>"
         f"<h3>Clusters</h3><p>k-means on the same features; each strip shows the patches nearest "
-        f"the cluster's centre. {_cluster_notes(e.clusters)}</p><div class=row><div>"
-        + table(rows, ["cluster", "patches", "tumour fraction", "mean P(tumour)"])
+        f"the cluster's centre. {_cluster_notes(e.clusters, bool(seen))}</p><div class=row><div>"
+        + table(
+            rows,
+            [
+                "cluster",
+                "patches",
+                "tumour fraction",
+                "mean P(tumour)",
+                "trained on",
+                "tumour fraction, held-out",
+            ],
+        )
         + "</div>"
         + img(d.images.get("clusters"), "cluster exemplars")
         + "</div>"
@@ -312,16 +335,22 @@ def _embedding(d: ReportData) -> str:
     return _section("embedding", body)
 
 
-def _cluster_notes(clusters: list[dict[str, Any]]) -> str:
-    """Which clusters are pure, which mixed, and where probabilities stray from the labels."""
+def _cluster_notes(clusters: list[dict[str, Any]], held_out_only: bool = False) -> str:
+    """Which clusters are pure, which mixed, and where probabilities stray from the labels.
+
+    With training patches among the mapped ones, purity is judged on the held-out ones only.
+    """
+    if held_out_only:
+        clusters = [{**c, "tumour_fraction": c.get("tumour_fraction_held_out")} for c in clusters]
     known = [c for c in clusters if c["tumour_fraction"] is not None]
     if not known:
-        return "The patches are unlabelled, so only the mean probability is known."
+        return "No labelled held-out patches, so only the mean probability is known."
     pure = [c for c in known if not 0.1 <= c["tumour_fraction"] <= 0.9]
     mixed = [c for c in known if 0.1 <= c["tumour_fraction"] <= 0.9]
     notes = [
         f"{len(pure)} of {len(known)} clusters are nearly pure (under 10% or over 90% "
-        "tumour): there the features alone separate the classes."
+        f"tumour{' among held-out patches' if held_out_only else ''}): there the features alone "
+        "separate the classes."
     ]
     if mixed:
         listed = ", ".join(
@@ -345,6 +374,12 @@ def _cluster_notes(clusters: list[dict[str, Any]]) -> str:
 def _mislabels(d: ReportData) -> str:
     n = len(d.embedding.mislabels)
     shown = f" The {min(n, 24)} most confident are shown." if n else ""
+    n_trained = sum(row[4] == "yes" for row in d.mislabel_rows)
+    if n_trained:
+        shown += (
+            f" {n_trained:,} of them were trained on (captioned 'trained on'): the model "
+            "disagrees with a label it was taught, the stronger hint of a wrong label."
+        )
     body = (
         f"<p>{n:,} labelled patch{'' if n == 1 else 'es'} where the model is confident and "
         "the label disagrees (label 0 with P &gt; 0.9, or label 1 with P &lt; 0.1). Some are model "
@@ -354,7 +389,7 @@ def _mislabels(d: ReportData) -> str:
     if d.mislabel_rows:
         body += (
             "<details><summary>ids of the first 100</summary>"
-            + table(d.mislabel_rows[:100], ["id", "label", "P(tumour)", "cluster"])
+            + table(d.mislabel_rows[:100], ["id", "label", "P(tumour)", "cluster", "trained on"])
             + "</details>"
         )
     return _section("mislabels", body)
