@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -172,8 +173,50 @@ def evaluate_model(
             probs,
             extra={"true_label": labels.tolist()},
         )
+        result["n_misclassified"] = write_misclassified(
+            tmp / "misclassified", source, idx, labels, probs, threshold
+        )
         (tmp / "metrics.json").write_text(json.dumps(result, indent=2))
     return {**result, "probs": probs, "labels": labels, "logits": logits, "indices": idx}
+
+
+def write_misclassified(
+    folder: Path,
+    source: PatchSource,
+    idx: np.ndarray,
+    labels: np.ndarray,
+    probs: np.ndarray,
+    threshold: float,
+    max_images: int = 200,
+) -> int:
+    """The wrong calls at ``threshold``: ``folder/misclassified.csv`` (every one, most confident
+    first: id, label, p_tumor, prediction, kind FP/FN, image) and a PNG of each of the first
+    ``max_images`` at 2x, for a pathologist to look through. Returns how many there are."""
+    import csv
+
+    from PIL import Image
+
+    calls = (probs >= threshold).astype(np.int64)
+    wrong = np.flatnonzero(calls != labels)
+    wrong = wrong[np.argsort(-np.abs(probs[wrong] - threshold), kind="stable")]  # surest first
+    folder.mkdir()
+    shown = wrong[:max_images]
+    images = source.read_many(idx[shown]) if len(shown) else []
+    with open(folder / "misclassified.csv", "w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(["id", "label", "p_tumor", "prediction", "kind", "image"])
+        for rank, j in enumerate(wrong):
+            kind = "FP" if labels[j] == 0 else "FN"
+            name = ""
+            if rank < len(shown):
+                safe = re.sub(r"[^A-Za-z0-9._-]", "_", source.ids[idx[j]])  # PCam: "train/12"
+                name = f"{rank + 1:03d}_{kind}_{safe}.png"
+                big = np.repeat(np.repeat(images[rank], 2, axis=0), 2, axis=1)  # (2H, 2W, 3)
+                Image.fromarray(big).save(folder / name)
+            writer.writerow(
+                [source.ids[idx[j]], int(labels[j]), f"{probs[j]:.6f}", int(calls[j]), kind, name]
+            )
+    return len(wrong)
 
 
 def write_plots(
