@@ -218,6 +218,13 @@ def predict(
     labels: LabelsOpt = None,
     split: SplitOpt = None,
     tta: TtaOpt = "d4",
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            help="Add a prediction column (1 = tumour) at this threshold: a probability, "
+            "'model' (the model's own), youden or sens:0.95 (default: none, Kaggle's two columns)."
+        ),
+    ] = None,
     engine: EngineOpt = "auto",
     device: DeviceOpt = "auto",
     batch_size: BatchSizeOpt = 256,
@@ -229,6 +236,9 @@ def predict(
     from histoscan.predict import Predictor, write_predictions
 
     predictor = Predictor.load(model, engine=engine, device=device, batch_size=batch_size)
+    cut = None
+    if threshold is not None:  # a bad rule is an error before any reading
+        cut = predictor.threshold(None if threshold == "model" else threshold)
     source = open_source(data, labels=labels, split=split, prefer_split="test")
     if len(source) == 0:
         raise DataError(f"{data}: no patches found")
@@ -236,8 +246,10 @@ def predict(
     if dup:
         raise DataError(f"{dup[0]}; ids must be unique in a submission")
     probs = predictor.predict_source(source, tta=tta, progress=not quiet)
-    write_predictions(output, source.ids, probs)
-    typer.echo(f"{len(probs)} predictions written to {output}")
+    extra = None if cut is None else {"prediction": (probs >= cut).astype(int).tolist()}
+    write_predictions(output, source.ids, probs, extra=extra)
+    at = "" if cut is None else f", prediction at threshold {cut:.4f}"
+    typer.echo(f"{len(probs)} predictions{at} written to {output}")
 
 
 @command("export-onnx")
