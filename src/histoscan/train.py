@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -43,6 +44,38 @@ from histoscan.models.registry import ModelSpec, create_model, model_spec
 log = logging.getLogger(__name__)
 
 
+# Lightning's warnings that say nothing to a user of this command: run_dir.py decides what
+# happens to an existing run folder, and the pytree one is Lightning's own deprecation
+QUIET_WARNINGS = (
+    r"Experiment logs directory .* exists and is not empty",
+    r".*isinstance\(treespec, LeafSpec\)",
+    r"Precision .* is not supported by the model summary",
+)
+
+
+def _quiet_lightning() -> None:
+    """Lightning's INFO lines (seed, GPU/TPU available, batch limits, a product tip) printed
+    twice, by its own handler and by ours: keep its warnings only, once."""
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning"):
+        logger = logging.getLogger(name)
+        logger.setLevel(logging.WARNING)
+        logger.propagate = False
+
+
+def _epoch_bar() -> Any:
+    """Lightning's rich progress bar, counting epochs from 1 ("Epoch 2/2" on the last)."""
+    from lightning.pytorch.callbacks import RichProgressBar
+
+    class EpochBar(RichProgressBar):
+        def _get_train_description(self, current_epoch: int) -> str:
+            text = f"Epoch {current_epoch + 1}"
+            if self.trainer.max_epochs is not None and self.trainer.max_epochs > 0:
+                text += f"/{self.trainer.max_epochs}"
+            return f"{text:{len(self.validation_description)}}"
+
+    return EpochBar()
+
+
 class PatchDataset(Dataset):
     """(uint8 (H, W, 3) tensor, float label) for the chosen indices of any source."""
 
@@ -55,7 +88,10 @@ class PatchDataset(Dataset):
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
         j = int(self.indices[i])
-        image = torch.from_numpy(np.ascontiguousarray(self.source.read(j)))
+        image = np.ascontiguousarray(self.source.read(j))
+        if not image.flags.writeable:  # a read-only memmap view: torch wants its own copy
+            image = image.copy()
+        image = torch.from_numpy(image)
         return image, torch.tensor(float(self.source.labels[j]))
 
 
@@ -261,6 +297,7 @@ def fit(
     if primary:  # see run_dir.py: --resume/--overwrite rules, decided before any work
         inputs = [source.root, manifest, groups_csv]
         run_rules.check_run_dir(run_dir, config_to_dict(cfg), resume, overwrite, inputs)
+    _quiet_lightning()
     L.seed_everything(cfg.seed, workers=True)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -290,6 +327,15 @@ def fit(
         dirpath=ckpt_dir, filename="best", monitor="val_auc", mode="max", save_last=True
     )
     callbacks: list[Any] = [best]
+    if progress:
+        callbacks.append(_epoch_bar())
+    log.info(
+        "training %s on %d patches, validating on %d; precision %s",
+        spec.name,
+        len(split.train),
+        len(split.val),
+        resolve_precision(cfg),
+    )
     if cfg.patience:
         callbacks.append(EarlyStopping(monitor="val_auc", mode="max", patience=cfg.patience))
     trainer = L.Trainer(
@@ -308,14 +354,17 @@ def fit(
         limit_train_batches=_limit(cfg.limit_train_batches),
         limit_val_batches=_limit(cfg.limit_val_batches),
         deterministic=False,
-        log_every_n_steps=10,
+        log_every_n_steps=max(1, min(10, steps)),
         enable_model_summary=progress,
     )
     if resume and (run_dir / "metrics.csv").is_file():
         # Lightning's CSV logger starts metrics.csv afresh; keep the epochs before the kill
         (run_dir / "metrics.csv").replace(run_dir / "metrics-before-resume.csv")
     started = time.time()
-    trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
+    with warnings.catch_warnings():
+        for text in QUIET_WARNINGS:
+            warnings.filterwarnings("ignore", message=text)
+        trainer.fit(module, train_loader, val_loader, ckpt_path=str(last) if resume else None)
     seconds = time.time() - started
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         # tear down gloo/NCCL before any rank leaves: a rank exiting with the group alive
