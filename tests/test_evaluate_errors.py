@@ -33,3 +33,21 @@ def test_wrong_calls_are_listed_surest_first_with_2x_images(tmp_path: Path):
         big = np.asarray(Image.open(tmp_path / "err" / r["image"]))
         assert big.shape == (192, 192, 3)
         assert (big[::2, ::2] == images[order[j]]).all()
+
+
+def test_a_fitted_threshold_rule_says_how_many_evaluated_patches_it_was_fitted_on(tmp_path):
+    from types import SimpleNamespace
+
+    from histoscan.evaluate import threshold_fit_overlap
+
+    ids = write_patches(tmp_path / "p", [make_patch(i) for i in range(5)])
+    source = open_source(tmp_path / "p")
+    card = {"val_ids": [ids[0], ids[3], "elsewhere"]}
+    predictor = SimpleNamespace(model_file=SimpleNamespace(card=card))
+    everything = np.arange(5)
+    assert threshold_fit_overlap(predictor, source, everything, "youden") == 2
+    assert threshold_fit_overlap(predictor, source, everything, "sens:0.9") == 2
+    assert threshold_fit_overlap(predictor, source, everything, 0.5) == 0  # not fitted
+    assert threshold_fit_overlap(predictor, source, everything, None) == 0
+    not_val = np.array([i for i, k in enumerate(source.ids) if k not in card["val_ids"]])
+    assert threshold_fit_overlap(predictor, source, not_val, "youden") == 0

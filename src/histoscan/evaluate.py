@@ -113,6 +113,30 @@ def split_seen(predictor: Any, source: PatchSource, idx: np.ndarray) -> tuple[np
     return idx[~seen], n_seen
 
 
+def threshold_fit_overlap(
+    predictor: Any, source: PatchSource, idx: np.ndarray, rule: str | float | None
+) -> int:
+    """How many evaluated patches a fitted threshold rule (youden, sens:X) was fitted on.
+
+    Those rules are fitted on the model file's validation patches; evaluating on the same ones
+    makes sensitivity and specificity at that threshold optimistic, so this warns.
+    """
+    text = str(rule).strip().lower() if rule is not None else ""
+    if not (text == "youden" or text.startswith("sens:")):
+        return 0
+    fitted = set(predictor.model_file.card.get("val_ids") or [])
+    n = sum(source.ids[i] in fitted for i in idx)
+    if n:
+        log.warning(
+            "warning: the %s threshold was fitted on %d of the %d evaluated patches (the model's "
+            "validation split); sensitivity and specificity at it are optimistic",
+            text,
+            n,
+            len(idx),
+        )
+    return int(n)
+
+
 def evaluate_model(
     predictor: Any,
     source: PatchSource,
@@ -147,6 +171,7 @@ def evaluate_model(
             "specificity need both classes"
         )
     threshold = predictor.threshold(threshold_rule)  # a bad rule fails before the work
+    n_fit = threshold_fit_overlap(predictor, source, idx, threshold_rule)
     logits = predictor.logits_source(source, tta, idx, progress, label="evaluate")
     probs_raw = sigmoid(logits)
     probs = sigmoid(logits / predictor.temperature)
@@ -159,6 +184,7 @@ def evaluate_model(
         "tta": str(tta),
         "temperature": predictor.temperature,
         "threshold_rule": str(threshold_rule if threshold_rule is not None else "stored"),
+        "n_evaluated_in_threshold_fit": n_fit,
         "calibrated": compute_metrics(labels, probs, threshold, n_boot),
         "uncalibrated": compute_metrics(labels, probs_raw, threshold, n_boot),
     }
