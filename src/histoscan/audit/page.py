@@ -112,6 +112,7 @@ def _cards(s: dict) -> str:
         ("–" if pos is None else f"{100 * pos:.1f} %", "positive (of labelled)"),
         (f"{len(about['unreadable']):,}", "unreadable"),
         (f"{clean['removed_total']:,}", f"removed by cleaning ({_pct(s)})"),
+        (f"{clean.get('review_total', 0):,}", "kept, marked review"),
         (f"{dup['exact_extra_copies']:,} / {dup['near_pairs']:,}", "exact copies / near pairs"),
         ("–" if base is None else f"{base['auc_mean']:.3f}", "feature-baseline CV AUC"),
     ]
@@ -124,15 +125,22 @@ def _pct(s: dict) -> str:
 
 
 def _findings(s: dict) -> str:
-    """One sentence: what cleaning removes, rule by rule."""
-    hits = {r: sum(v.values()) for r, v in s["cleaning"]["hits"].items()}
+    """One sentence: what cleaning removes, rule by rule, and what it only marks for review."""
+    c = s["cleaning"]
+    review_rules = set(c.get("review_rules", []))
+    hits = {r: sum(v.values()) for r, v in c["hits"].items() if r not in review_rules}
     parts = [
-        f"{RULE_TITLES[r].lower()} {n:,}" for r, n in sorted(hits.items(), key=lambda x: -x[1])
+        f"{RULE_TITLES[r].lower()} {n:,}" for r, n in sorted(hits.items(), key=lambda x: -x[1]) if n
     ]
+    review = (
+        f" A further <b>{c['review_total']:,}</b> are kept but marked <b>review</b> "
+        "(colour outliers: see 4. Outliers)."
+        if c.get("review_total")
+        else ""
+    )
     return (
-        f'<p class="found">Cleaning removes <b>{s["cleaning"]["removed_total"]:,}</b> patches '
-        f"({_pct(s)}): {', '.join(p for p in parts if not p.endswith(' 0')) or 'none'} "
-        "(a patch can hit several rules).</p>"
+        f'<p class="found">Cleaning removes <b>{c["removed_total"]:,}</b> patches '
+        f"({_pct(s)}): {', '.join(parts) or 'none'} (a patch can hit several rules).{review}</p>"
     )
 
 
