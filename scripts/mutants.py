@@ -32,6 +32,22 @@ PY = sys.executable
 
 # module (under src/histoscan) -> the tests that own it
 MODULES: dict[str, list[str]] = {
+    # the inference door: hand-made ONNX graphs (tests/handmade_onnx.py) keep each mutant fast
+    "predict": [
+        "tests/test_predict_mutants.py",
+        "tests/test_predict.py::test_probability_is_sigmoid_of_mean_view_logit_over_temperature",
+        "tests/test_predict.py::test_d4_is_the_mean_over_the_eight_distinct_dihedral_views",
+        "tests/test_predict.py::test_tta_of_a_view_invariant_model_changes_nothing",
+        "tests/test_predict.py::test_bad_inputs_to_the_door_are_refused",
+        "tests/test_predict.py::test_threshold_rules_use_validation_data",
+        "tests/test_predict.py::test_progress_moves_per_batch_and_decoding_overlaps",
+    ],
+    "models/engines": ["tests/models/test_engines_mutants.py"],
+    "models/modelfile": [
+        "tests/models/test_modelfile_mutants.py",
+        "tests/models/test_registry.py::test_model_file_round_trips_weights_and_preprocessing",
+        "tests/models/test_registry.py::test_a_file_that_is_not_a_model_is_refused",
+    ],
     "calibration": ["tests/test_calibration.py"],
     "evaluate": [  # the CLI tests take 30 s each and add nothing on these functions
         "tests/test_evaluate.py::test_metrics_agree_with_sklearn",
@@ -51,6 +67,10 @@ MODULES: dict[str, list[str]] = {
     "slide/tiling": ["tests/slide/test_slide_geometry.py"],
     "slide/geojson": ["tests/slide/test_slide_geometry.py"],
 }
+
+# torch, onnxruntime and a TestClient start threads: fork each mutant from mutmut's clean fork
+# server (which only imports) rather than from the process that ran the tests
+FORKSERVER = ("serve/", "predict", "models/", "evaluate")
 
 # (what a user would meet, file, exact line text, replacement, tests that must fail)
 PLANTED = [
@@ -148,8 +168,7 @@ def mutmut_config(module: str, tests: list[str]) -> str:
     existing = [t for t in tests if (ROOT / t.split("::")[0]).is_file()]
     settings = {
         **base,
-        # a TestClient leaves anyio threads behind: fork each mutant from a clean server instead
-        **({"process_isolation": "forkserver"} if module.startswith("serve/") else {}),
+        **({"process_isolation": "forkserver"} if module.startswith(FORKSERVER) else {}),
         "only_mutate": [f"src/histoscan/{module}.py"],
         "pytest_add_cli_args_test_selection": existing,
     }
