@@ -196,7 +196,7 @@ def _roc_figure(path: Path, y: np.ndarray, probs: list, result: dict[str, Any]) 
             y,
             p,
             ax=ax,
-            name=f"{key.upper()}: {model['model']}",
+            name=f"{key.upper()}: {model['model']} ({model['engine']})",
             curve_kwargs={"color": colour},
             plot_chance_level=key == "b",
         )

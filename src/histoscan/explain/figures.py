@@ -152,6 +152,7 @@ def scatter_png(
             rasterized=True,
         )
         xy, values = xy[held], values[held]
+        size = float(np.clip(3000 / max(len(xy), 1), 1.5, 30))  # the held-out dots stand out
         title += f" ({int(held.sum())} held-out in colour)"
     if kind == "label":
         for value, colour, name in (
