@@ -77,4 +77,4 @@ def test_schema_is_rewritten_in_openapi_30_words():
     assert op["parameters"][0]["schema"] == {"type": "integer", "nullable": True}
     response = op["responses"]["200"]["content"]["application/json"]["schema"]
     assert response == {"type": "string", "nullable": True}
-    assert "\"null\"" not in json.dumps(doc)
+    assert '"null"' not in json.dumps(doc)
