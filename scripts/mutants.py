@@ -49,7 +49,9 @@ MODULES: dict[str, list[str]] = {
         "tests/models/test_registry.py::test_a_file_that_is_not_a_model_is_refused",
     ],
     "calibration": ["tests/test_calibration.py"],
-    "evaluate": [  # the CLI tests take 30 s each and add nothing on these functions
+    "evaluate": [  # the CLI tests take 30 s each; evaluate_model runs on a hand-made graph here
+        "tests/test_evaluate_mutants.py",
+        "tests/test_evaluate_errors.py",
         "tests/test_evaluate.py::test_metrics_agree_with_sklearn",
         "tests/test_evaluate.py::test_metrics_on_a_hand_made_list",
         "tests/test_evaluate.py::test_reported_95_percent_interval_has_the_width_of_a_95_percent_interval",

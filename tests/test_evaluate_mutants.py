@@ -1,0 +1,404 @@
+"""``evaluate_model`` end to end on a hand-made graph: every number worked out here.
+
+Written to kill the mutants of ``histoscan/evaluate.py`` (scripts/mutants.py). The model is a
+weighted pixel sum (``handmade_onnx``), so each patch's logit, probability, call and metric is a
+few lines of numpy; the plots are checked for what a reader sees in them (curves, legends, counts).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, roc_curve
+
+from handmade_onnx import expected_logits, small_meta, weight_map, write_graph
+from histoscan.data.sources import PatchSource
+from histoscan.errors import DataError, HistoscanError
+from histoscan.evaluate import (
+    bootstrap_auc_ci,
+    evaluate_model,
+    expected_calibration_error,
+    reliability_bins,
+    split_seen,
+)
+from histoscan.predict import Predictor
+
+matplotlib.use("Agg")
+W = weight_map(7, size=96) + np.float32(1 / (96 * 96 * 3 * 64))  # sum(W * x) ~ mean(x) / 64
+SCALE, BIAS, T = 2.0, -4.0, 2.0
+LABELS = np.array([0, 1, 0, 1, 1, 0, 0, 1, 0, 1, 1, 0])
+
+
+class Memory(PatchSource):
+    kind = "memory"
+
+    def __init__(self, root: Path, images: np.ndarray, labels: np.ndarray) -> None:
+        super().__init__(root, [f"p{i:02d}" for i in range(len(images))], labels)
+        self.images = images
+
+    def read_raw(self, i: int) -> np.ndarray:
+        return self.images[i]
+
+    def locate(self, i: int) -> str:
+        return f"memory[{i}]"
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def make_images(n: int = 12, seed: int = 0) -> np.ndarray:
+    """Patches of one brightness each (the weights lean positive, so brighter = more tumour),
+    with noise; one tumour patch is dark (a miss) and one normal patch bright (a false call)."""
+    levels = np.array([40, 200, 90, 150, 60, 170, 110, 230, 30, 120, 190, 140])[:n]
+    rng = np.random.default_rng(seed)
+    noise = rng.integers(-15, 16, (n, 96, 96, 3))
+    return np.clip(levels[:, None, None, None] + noise, 0, 255).astype(np.uint8)
+
+
+def flip_logits(images: np.ndarray) -> np.ndarray:
+    """Mean logit over the identity and the width mirror, by hand."""
+    return 0.5 * (
+        expected_logits(images, W, SCALE, BIAS)
+        + expected_logits(images[:, :, ::-1], W, SCALE, BIAS)
+    )
+
+
+def auc_by_pairs(labels: np.ndarray, scores: np.ndarray) -> float:
+    pos, neg = scores[labels == 1], scores[labels == 0]
+    wins = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(wins / (len(pos) * len(neg)))
+
+
+@pytest.fixture
+def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+    images = make_images()
+    meta = small_meta(
+        spec=small_meta().spec.__class__(name="histocnn"),
+        card={"name": "hand96", "val_ids": ["p01", "p02", "p03", "elsewhere"]},
+    )
+    predictor = Predictor.load(write_graph(tmp_path / "hand.onnx", meta, W, SCALE, BIAS))
+    return predictor, Memory(tmp_path / "data", images, LABELS), images
+
+
+class Figures:
+    """Records what each saved figure shows: titles, labels, legends, lines, texts."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from matplotlib.figure import Figure
+
+        self.saved: dict[str, dict] = {}
+        real = Figure.savefig
+
+        def savefig(fig, path, *args, **kwargs):  # type: ignore[no-untyped-def]
+            self.saved[Path(path).stem] = {
+                "dpi": kwargs.get("dpi"),
+                "axes": [
+                    {
+                        "title": ax.get_title(),
+                        "xlabel": ax.get_xlabel(),
+                        "ylabel": ax.get_ylabel(),
+                        "legend": [t.get_text() for t in ax.get_legend().get_texts()]
+                        if ax.get_legend()
+                        else [],
+                        "lines": [(ln.get_xdata(), ln.get_ydata()) for ln in ax.get_lines()],
+                        "texts": [t.get_text() for t in ax.texts],
+                        "bars": [(p.get_x(), p.get_height()) for p in ax.patches],
+                        "yscale": ax.get_yscale(),
+                        "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
+                        "yticklabels": [t.get_text() for t in ax.get_yticklabels()],
+                    }
+                    for ax in fig.axes
+                ],
+            }
+            return real(fig, path, *args, **kwargs)
+
+        monkeypatch.setattr(Figure, "savefig", savefig)
+
+
+def test_evaluate_model_by_hand(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, images = setup
+    figures = Figures(monkeypatch)
+    out = tmp_path / "eval"
+    result = evaluate_model(predictor, source, None, out, tta="flip", progress=False, n_boot=200)
+
+    z = flip_logits(images)
+    probs, raw = sigmoid(z / T), sigmoid(z)
+    assert np.ptp(probs) > 0.3 and len(set(np.round(probs, 6))) == 12
+    np.testing.assert_allclose(result["logits"], z, atol=1e-4)
+    np.testing.assert_allclose(result["probs"], probs, atol=1e-5)
+    assert result["labels"].tolist() == LABELS.tolist()
+    assert result["indices"].tolist() == list(range(12))
+
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("probs", "labels", "logits", "indices"):
+        assert key not in metrics
+    assert metrics["model"] == "hand96"
+    assert metrics["inference"] == predictor.describe()
+    assert metrics["data"] == f"memory at {tmp_path / 'data'} (12 patches, 6 positive, 6 negative)"
+    assert (metrics["n_evaluated"], metrics["n_seen_in_training"], metrics["tta"]) == (
+        12,
+        0,
+        "flip",
+    )
+    assert (metrics["temperature"], metrics["threshold_rule"]) == (2.0, "stored")
+    assert metrics["n_evaluated_in_threshold_fit"] == 0
+    for name, p in (("calibrated", probs), ("uncalibrated", raw)):
+        m = metrics[name]
+        call = p >= 0.4
+        tp, fp = int((call & (LABELS == 1)).sum()), int((call & (LABELS == 0)).sum())
+        fn, tn = int((~call & (LABELS == 1)).sum()), int((~call & (LABELS == 0)).sum())
+        assert m["confusion"] == [[tn, fp], [fn, tp]]
+        assert (m["n"], m["positives"], m["threshold"]) == (12, 6, 0.4)
+        assert m["accuracy"] == pytest.approx((tp + tn) / 12)
+        assert m["brier"] == pytest.approx(np.mean((p - LABELS) ** 2), abs=1e-5)
+        assert m["roc_auc"] == pytest.approx(auc_by_pairs(LABELS, z), abs=1e-9)
+    assert metrics["calibrated"]["confusion"] != metrics["uncalibrated"]["confusion"] or (
+        metrics["calibrated"]["brier"] != metrics["uncalibrated"]["brier"]
+    )
+
+    with open(out / "predictions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["id"] for r in rows] == source.ids
+    np.testing.assert_allclose([float(r["label"]) for r in rows], probs, atol=2e-6)
+    assert [int(r["true_label"]) for r in rows] == LABELS.tolist()
+
+    wrong = int(((probs >= 0.4) != LABELS).sum())
+    assert metrics["n_misclassified"] == wrong > 0
+    with open(out / "misclassified" / "misclassified.csv", newline="") as fh:
+        assert len(list(csv.DictReader(fh))) == wrong
+
+    names = ("roc", "pr", "reliability", "confusion")
+    assert metrics["plots"] == {n: str(out / f"{n}.png") for n in names}
+    for n in names:
+        assert (out / f"{n}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert figures.saved[n]["dpi"] == 110
+    check_figures(figures.saved, metrics["calibrated"], probs, raw)
+
+
+def check_figures(saved: dict, m: dict, probs: np.ndarray, raw: np.ndarray) -> None:
+    (roc,) = saved["roc"]["axes"]
+    fpr, tpr, _ = roc_curve(LABELS, probs)
+    np.testing.assert_allclose(roc["lines"][0][0], fpr)
+    np.testing.assert_allclose(roc["lines"][0][1], tpr)
+    assert list(roc["lines"][1][0]) == [0, 1] and list(roc["lines"][1][1]) == [0, 1]
+    lo, hi = m["roc_auc_ci95"]
+    assert roc["legend"] == [f"AUC {m['roc_auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})"]
+    assert (roc["title"], roc["xlabel"], roc["ylabel"]) == (
+        "ROC curve",
+        "1 - specificity",
+        "sensitivity",
+    )
+
+    (pr,) = saved["pr"]["axes"]
+    assert pr["legend"] == [f"AP {average_precision_score(LABELS, probs):.4f}", "prevalence"]
+    assert list(pr["lines"][1][1]) == [0.5, 0.5]  # the prevalence line
+    assert (pr["title"], pr["xlabel"], pr["ylabel"]) == (
+        "Precision-recall",
+        "recall (sensitivity)",
+        "precision",
+    )
+
+    diagram, counts = saved["reliability"]["axes"]
+    ece_raw = hand_ece(LABELS, raw, 15)
+    ece_cal = hand_ece(LABELS, probs, 15)
+    assert diagram["legend"] == [
+        f"before (T=1), ECE {ece_raw:.3f}",
+        f"after temperature scaling, ECE {ece_cal:.3f}",
+    ]
+    assert diagram["title"] == "Reliability diagram (10 bins)"
+    assert diagram["ylabel"] == "observed tumour fraction"
+    assert (counts["xlabel"], counts["ylabel"], counts["yscale"]) == (
+        "predicted probability",
+        "patches per bin",
+        "log",
+    )
+    bins = np.clip((probs * 10).astype(int), 0, 9)
+    per_bin = [int((bins == b).sum()) for b in range(10) if (bins == b).any()]
+    assert counts["texts"] == [f"{n:,}" for n in per_bin]  # counts of the calibrated bars
+    np.testing.assert_allclose(
+        diagram["lines"][1][0],
+        [probs[bins == b].mean() for b in range(10) if (bins == b).any()],
+        atol=1e-5,
+    )
+    assert counts["legend"] == []
+
+    (cm,) = saved["confusion"]["axes"]
+    flat = [str(v) for row in m["confusion"] for v in row]
+    assert cm["texts"] == flat
+    assert cm["title"] == "Confusion at threshold 0.40"
+    assert (cm["xlabel"], cm["ylabel"]) == ("predicted", "true")
+    assert cm["xticklabels"] == ["normal", "tumour"] and cm["yticklabels"] == ["normal", "tumour"]
+
+
+def hand_ece(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
+    """Equal-width bins, each weighted by its share: |observed fraction - mean probability|."""
+    which = np.minimum((probs * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        sel = which == b
+        if sel.any():
+            total += sel.mean() * abs(labels[sel].mean() - probs[sel].mean())
+    return total
+
+
+def test_a_subset_with_training_patches_leaves_them_out(
+    setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, images = setup
+    predictor.model_file = predictor.model_file.with_meta(train_digest=frozenset({"p00", "p05"}))
+    idx = [0, 1, 2, 3, 5, 6]
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_model(
+            predictor, source, idx, tmp_path / "e", tta="none", progress=False, n_boot=50
+        )
+    assert "warning: 2 of 6 patches were used to train this model; evaluating the 4 held-out" in (
+        caplog.text
+    )
+    assert result["indices"].tolist() == [1, 2, 3, 6]
+    assert result["n_seen_in_training"] == 2 and result["n_evaluated"] == 4
+    assert result["tta"] == "none"
+    z = expected_logits(images[[1, 2, 3, 6]], W, SCALE, BIAS)
+    np.testing.assert_allclose(result["logits"], z, atol=1e-4)
+    assert result["labels"].tolist() == LABELS[[1, 2, 3, 6]].tolist()
+
+
+def test_split_seen_cases(setup, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, _ = setup
+    idx = np.array([0, 4, 7])
+    assert split_seen(predictor, source, idx)[1] == 0
+    assert split_seen(predictor, source, idx)[0] is idx
+    predictor.model_file = predictor.model_file.with_meta(
+        train_digest=frozenset({"p00", "p04", "p07"})
+    )
+    with caplog.at_level(logging.WARNING):
+        kept, n = split_seen(predictor, source, idx)
+    assert kept.tolist() == [0, 4, 7] and n == 3
+    assert "warning: all 3 patches were used to train this model; metrics will be optimistic" in (
+        caplog.text
+    )
+
+
+def test_a_fitted_rule_counts_the_validation_patches_it_saw(
+    setup, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, _ = setup
+    with caplog.at_level(logging.WARNING):
+        result = evaluate_model(
+            predictor, source, None, tmp_path / "e", "none", " Youden ", False, n_boot=20
+        )
+    assert result["n_evaluated_in_threshold_fit"] == 3
+    assert result["threshold_rule"] == " Youden "
+    assert (
+        "warning: the youden threshold was fitted on 3 of the 12 evaluated patches" in caplog.text
+    )
+    expected = predictor.threshold("youden")
+    assert result["calibrated"]["threshold"] == expected != 0.4
+
+
+def test_evaluation_needs_labels_and_both_classes(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, images = setup
+    root = tmp_path / "data"
+    with pytest.raises(DataError, match=rf"^{root}: evaluation needs labels for every patch$"):
+        evaluate_model(predictor, source, [], tmp_path / "e", progress=False)
+    unlabelled = Memory(root, images, np.r_[LABELS[:-1], -1])
+    with pytest.raises(DataError, match="needs labels for every patch"):
+        evaluate_model(predictor, unlabelled, None, tmp_path / "e", progress=False)
+    with pytest.raises(
+        DataError,
+        match=rf"^{root}: all 3 patches are tumour \(1\); ROC AUC, sensitivity and specificity",
+    ):
+        evaluate_model(predictor, source, [1, 3, 4], tmp_path / "e", progress=False)
+    predictor.model_file = predictor.model_file.with_meta(train_digest=frozenset({"p01"}))
+    with pytest.raises(DataError, match=r"all 2 held-out patches are normal \(0\)"):
+        evaluate_model(predictor, source, [0, 1, 2], tmp_path / "e", progress=False)
+    assert not (tmp_path / "e").exists()
+
+
+def test_output_folder_rules(setup, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, _ = setup
+    out = tmp_path / "e"
+    evaluate_model(predictor, source, None, out, "none", progress=False, n_boot=10)
+    with pytest.raises(HistoscanError):
+        evaluate_model(predictor, source, None, out, "none", progress=False, n_boot=10)
+    evaluate_model(predictor, source, None, out, "none", progress=False, n_boot=10, overwrite=True)
+    assert (out / "metrics.json").is_file()
+    source.root.mkdir(parents=True)  # empty, so only the input rule can refuse it
+    with pytest.raises(HistoscanError, match="is the input; choose an output folder outside"):
+        evaluate_model(
+            predictor, source, None, source.root, "none", progress=False, n_boot=10, overwrite=True
+        )
+
+
+def test_default_tta_and_bootstrap(setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    import histoscan.evaluate as evaluate_module
+
+    calls: list[tuple] = []
+    real = evaluate_module.bootstrap_auc_ci
+
+    def recording(labels, scores, n_boot=1000, seed=0, level=0.95):  # type: ignore[no-untyped-def]
+        calls.append((n_boot, seed, level))
+        return real(labels, scores, 5, seed, level)
+
+    monkeypatch.setattr(evaluate_module, "bootstrap_auc_ci", recording)
+    predictor, source, _ = setup
+    result = evaluate_model(predictor, source, None, tmp_path / "e", progress=False)
+    assert result["tta"] == "d4"
+    assert calls == [(1000, 0, 0.95), (1000, 0, 0.95)]
+
+
+def hand_bootstrap(labels: np.ndarray, scores: np.ndarray, n_boot: int, seed: int, level: float):  # type: ignore[no-untyped-def]
+    """The percentile bootstrap written out: resample with replacement, skip one-class draws."""
+    rng = np.random.default_rng(seed)
+    aucs = []
+    for _ in range(n_boot):
+        idx = rng.integers(0, len(labels), len(labels))
+        if len(set(labels[idx].tolist())) == 2:
+            aucs.append(auc_by_pairs(labels[idx], scores[idx]))
+    tail = (1 - level) / 2
+    return float(np.quantile(aucs, tail)), float(np.quantile(aucs, 1 - tail))
+
+
+def test_bootstrap_by_hand_with_one_class_draws() -> None:
+    labels = np.array([1, 0, 0, 0, 0, 0, 1])  # small: many draws hold one class only
+    scores = np.array([0.9, 0.1, 0.4, 0.35, 0.8, 0.2, 0.3])
+    for seed, level in ((0, 0.95), (3, 0.8)):
+        expected = hand_bootstrap(labels, scores, 150, seed, level)
+        assert bootstrap_auc_ci(labels, scores, 150, seed, level) == pytest.approx(expected)
+    assert bootstrap_auc_ci(labels, scores, 300) == pytest.approx(
+        hand_bootstrap(labels, scores, 300, 0, 0.95)
+    )
+    defaults = bootstrap_auc_ci(labels, scores)
+    assert defaults == pytest.approx(hand_bootstrap(labels, scores, 1000, 0, 0.95))
+
+
+def test_reliability_bins_by_hand() -> None:
+    probs = np.array([0.0, 0.05, 0.1, 0.15, 0.55, 0.95, 1.0])
+    labels = np.array([0, 1, 0, 1, 1, 0, 1])
+    centres, observed, counts = reliability_bins(labels, probs)
+    # bins [0, .1) [.1, .2) [.5, .6) [.9, 1]: a value on an edge goes up, 1.0 stays in the last
+    np.testing.assert_allclose(centres, [0.025, 0.125, 0.55, 0.975])
+    np.testing.assert_allclose(observed, [0.5, 0.5, 1.0, 0.5])
+    assert counts.tolist() == [2, 2, 1, 2]
+    centres, _, counts = reliability_bins(labels, probs, bins=2)
+    assert counts.tolist() == [4, 3]
+
+
+def test_ece_by_hand() -> None:
+    probs = np.array([0.1, 0.2, 0.7, 0.9, 1.0])
+    labels = np.array([0, 1, 1, 1, 0])
+    # 15 bins: 0.1 and 0.2 alone in theirs? 0.1 -> bin 1, 0.2 -> bin 3, 0.7 -> 10, 0.9 -> 13,
+    # 1.0 -> 14 (clipped): each alone, so ECE = mean |label - p|
+    assert expected_calibration_error(labels, probs) == pytest.approx(
+        np.mean(np.abs(labels - probs))
+    )
+    # 2 bins: [0.1, 0.2] -> |0.5 - 0.15|, [0.7, 0.9, 1.0] -> |2/3 - 0.8667|
+    two = 0.4 * abs(0.5 - 0.15) + 0.6 * abs(2 / 3 - 2.6 / 3)
+    assert expected_calibration_error(labels, probs, bins=2) == pytest.approx(two)
+    assert hand_ece(labels, probs, 15) == pytest.approx(np.mean(np.abs(labels - probs)))
