@@ -272,7 +272,9 @@ def test_embed_command_writes_one_row_per_patch(
     assert result.exit_code == 0, result.output
     with open(out / "embedding.csv") as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 20 and set(rows[0]) == {"id", "x", "y", "label", "prob", "cluster"}
+    columns = {"id", "x", "y", "label", "prob", "cluster", "seen_in_training"}
+    assert len(rows) == 20 and set(rows[0]) == columns
+    assert {r["seen_in_training"] for r in rows} == {"0"}  # an untrained model saw nothing
     for name in (
         "umap_label.png",
         "umap_prob.png",
