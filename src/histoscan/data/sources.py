@@ -12,6 +12,7 @@ import csv
 import gzip
 import logging
 import re
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -438,9 +439,17 @@ def gunzip_cached(src: Path, dest: Path, progress: bool = True) -> Path:
                 f"decompress {src.name}", total=src.stat().st_size, show=progress, unit="B"
             ) as bar,
         ):
-            while chunk := zipped.read(1 << 22):
+            while chunk := _read_gzip_block(zipped, src):
                 out.write(chunk)
                 bar.update(raw.tell())
     except (OSError, EOFError) as exc:
         raise DataError(f"{src}: cannot decompress ({exc})") from exc
     return dest
+
+
+def _read_gzip_block(zipped: gzip.GzipFile, src: Path) -> bytes:
+    """The next 4 MiB; a damaged archive is the input's fault (atomic_file blames the output)."""
+    try:
+        return zipped.read(1 << 22)
+    except (OSError, EOFError, zlib.error) as exc:
+        raise DataError(f"{src}: cannot decompress ({exc})") from exc
