@@ -76,7 +76,11 @@ MODULES: dict[str, list[str]] = {
         "tests/data/test_patch_shape.py",
         "!tests/data/test_verify.py::test_real_sample_verify_hash",
     ],
-    "data/sources": ["tests/data/test_sources.py", "tests/data/test_patch_shape.py"],
+    "data/sources": [
+        "tests/data/test_sources_mutants.py",
+        "tests/data/test_sources.py",
+        "tests/data/test_patch_shape.py",
+    ],
     "serve/security": [  # the guards called as ASGI apps: the body limit and headers directly
         "tests/serve/test_security_mutants.py",
         "tests/serve/test_serve_exactness.py",
