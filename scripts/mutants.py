@@ -85,8 +85,8 @@ MODULES: dict[str, list[str]] = {
         "tests/serve/test_security_mutants.py",
         "tests/serve/test_serve_exactness.py",
     ],
-    "slide/tiling": ["tests/slide/test_slide_geometry.py"],
-    "slide/geojson": ["tests/slide/test_slide_geometry.py"],
+    "slide/tiling": ["tests/slide/test_tiling_mutants.py", "tests/slide/test_slide_geometry.py"],
+    "slide/geojson": ["tests/slide/test_geojson_mutants.py", "tests/slide/test_slide_geometry.py"],
 }
 
 # torch, onnxruntime and a TestClient start threads: fork each mutant from mutmut's clean fork
