@@ -57,6 +57,14 @@ def serve(
             "for more. Other sites are refused (403), token or not."
         ),
     ] = None,
+    threshold: Annotated[
+        str | None,
+        typer.Option(
+            metavar="RULE",
+            help="Decision threshold: a probability, youden or sens:0.95 (on the model's "
+            "validation logits); default: the model's. A request may pass ?threshold=P.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the model: API at /v1 (docs at /docs) and a page at / for patches and slides."""
     import uvicorn
@@ -71,6 +79,7 @@ def serve(
     if tta not in TTA_VIEWS:
         raise HistoscanError(f"unknown TTA mode {tta!r}; choose from {', '.join(TTA_VIEWS)}")
     predictor = Predictor.load(model, engine=engine, device=device, batch_size=max_batch)
+    predictor.threshold(threshold)  # a bad rule is one line now, not a failed start later
     try:
         settings = ServeSettings(
             token=token,
@@ -78,6 +87,7 @@ def serve(
             resize=resize,
             tta=tta,
             max_batch=max_batch,
+            threshold=threshold,
             host=host,  # Host headers must name it (or localhost): no DNS rebinding
             allow_origins=tuple(allow_origin or ()),
         )

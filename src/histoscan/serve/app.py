@@ -64,6 +64,14 @@ async def predict(
     svc: ServiceDep,
     files: Annotated[list[UploadFile], File(description="96x96 RGB patch images.")],
     thumbnails: Annotated[bool, Query(description="Add each decoded patch as PNG.")] = False,
+    threshold: Annotated[
+        float | None,
+        Query(
+            ge=0.0,
+            le=1.0,
+            description="Decision threshold for this request (default: the server's).",
+        ),
+    ] = None,
 ) -> dict:
     """Calibrated p_tumor per patch (with the server's TTA) and the decision at the threshold."""
     if len(files) > svc.settings.max_files:
@@ -81,7 +89,7 @@ async def predict(
             PatchResult(
                 id=upload.filename or f"file {i + 1}",
                 p_tumor=p,
-                decision=svc.decision(p),
+                decision=svc.decision(p, threshold),
                 model=name,
                 version=version,
                 resized_from=resized[i],
@@ -91,7 +99,7 @@ async def predict(
     return {
         "model": name,
         "version": version,
-        "threshold": svc.threshold(),
+        "threshold": svc.threshold() if threshold is None else threshold,
         "tta": svc.settings.tta,
         "results": results,
     }

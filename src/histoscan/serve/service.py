@@ -63,8 +63,10 @@ class Service:
     explainer: Explainer = field(init=False)
     _jobs: SlideJobs | None = field(default=None, init=False)
     _jobs_lock: threading.Lock = field(default_factory=threading.Lock, init=False)
+    _threshold: float | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
+        self.threshold()  # a rule the model cannot resolve fails at start, not per request
         tta = self.settings.tta
         self.batcher = MicroBatcher(
             lambda images: self.predictor.predict_proba(images, tta),
@@ -78,10 +80,14 @@ class Service:
         return self.predictor.spec.patch_px
 
     def threshold(self) -> float:
-        return self.predictor.threshold()
+        """The server's decision threshold (``--threshold``, else the model's)."""
+        if self._threshold is None:
+            self._threshold = self.predictor.threshold(self.settings.threshold)
+        return self._threshold
 
-    def decision(self, p_tumor: float) -> str:
-        return "tumor" if p_tumor >= self.threshold() else "normal"
+    def decision(self, p_tumor: float, threshold: float | None = None) -> str:
+        cut = self.threshold() if threshold is None else threshold
+        return "tumor" if p_tumor >= cut else "normal"
 
     def decode_uploads(self, files: list[UploadFile]) -> tuple[np.ndarray, list[str | None]]:
         """Read and decode every upload: (N, px, px, 3) uint8, and each one's original size."""

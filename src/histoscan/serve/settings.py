@@ -24,6 +24,8 @@ class ServeSettings:
         allow_origins: web origins (``https://app.example.org``) whose pages may call the API;
             the server's own page always may.
         max_request_pixels: decoded pixels one request may cost (counts with ``--resize``).
+        threshold: the decision rule: a probability, ``youden`` or ``sens:0.95`` (resolved on the
+            model's validation logits); None is the model's stored threshold.
     """
 
     token: str | None = None
@@ -39,6 +41,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     allow_origins: tuple[str, ...] = ()
     max_request_pixels: int = 64 * 2**20
+    threshold: str | None = None
 
     def __post_init__(self) -> None:
         from histoscan.data.views import TTA_VIEWS
@@ -50,6 +53,10 @@ class ServeSettings:
             raise ValueError("token must not be empty (leave it out to serve without one)")
         if self.max_batch < 1 or self.max_files < 1 or self.slide_workers < 1:
             raise ValueError("max_batch, max_files and slide_workers must be at least 1")
+        if self.threshold is not None:
+            from histoscan.calibration import check_threshold_rule
+
+            check_threshold_rule(self.threshold)  # ValueError names the bad rule
         if self.max_request_pixels < 1:
             raise ValueError("max_request_pixels must be at least 1")
         from histoscan.serve.security import normalise_origin
