@@ -61,7 +61,13 @@ def compute_metrics(
     seed: int = 0,
 ) -> dict[str, Any]:
     """Every number a reader needs for a binary classifier at one decision threshold."""
-    from sklearn.metrics import brier_score_loss, confusion_matrix, log_loss, roc_auc_score
+    from sklearn.metrics import (
+        brier_score_loss,
+        confusion_matrix,
+        log_loss,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
 
     y = np.asarray(labels, dtype=np.int64)
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-7, 1 - 1e-7)
@@ -70,8 +76,13 @@ def compute_metrics(
     pred = (p >= threshold).astype(np.int64)
     tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
     both = len(np.unique(y)) == 2
-    sens = tp / (tp + fn) if tp + fn else float("nan")
-    prec = tp / (tp + fp) if tp + fp else float("nan")
+    # for the tumour class; nan where undefined (no tumour called, or none present)
+    prec, sens, f1, _ = (
+        v[0]
+        for v in precision_recall_fscore_support(
+            y, pred, labels=[1], average=None, zero_division=np.nan
+        )
+    )
     return {
         "n": len(y),
         "positives": int(y.sum()),
@@ -82,7 +93,7 @@ def compute_metrics(
         "sensitivity": float(sens),
         "specificity": float(tn / (tn + fp)) if tn + fp else float("nan"),
         "precision": float(prec),
-        "f1": float(2 * prec * sens / (prec + sens)) if tp else 0.0,
+        "f1": float(f1) if tp else 0.0,
         "nll": float(log_loss(y, p, labels=[0, 1])),
         "brier": float(brier_score_loss(y, p)),
         "ece": expected_calibration_error(y, p),
@@ -257,7 +268,7 @@ def write_plots(
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    from sklearn.metrics import average_precision_score, precision_recall_curve, roc_curve
+    from sklearn.metrics import ConfusionMatrixDisplay, PrecisionRecallDisplay, RocCurveDisplay
 
     paths = {}
 
@@ -267,18 +278,19 @@ def write_plots(
         plt.close(fig)
         paths[name] = str(out_dir / f"{name}.png")
 
-    fpr, tpr, _ = roc_curve(labels, probs)
+    # sklearn's Displays draw the curves; the legends say what a reader needs (AUC with its CI)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
     lo, hi = metrics["roc_auc_ci95"]
-    ax.plot(fpr, tpr, label=f"AUC {metrics['roc_auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})")
+    roc = RocCurveDisplay.from_predictions(labels, probs, ax=ax)
+    roc.line_.set_label(f"AUC {metrics['roc_auc']:.4f} (95% CI {lo:.4f}-{hi:.4f})")
     ax.plot([0, 1], [0, 1], ls="--", c="grey", lw=0.8)
     ax.set(xlabel="1 - specificity", ylabel="sensitivity", title="ROC curve")
     ax.legend(loc="lower right", fontsize=8)
     save(fig, "roc")
 
-    precision, recall, _ = precision_recall_curve(labels, probs)
     fig, ax = plt.subplots(figsize=(4.6, 4.2))
-    ax.plot(recall, precision, label=f"AP {average_precision_score(labels, probs):.4f}")
+    pr = PrecisionRecallDisplay.from_predictions(labels, probs, ax=ax)
+    pr.line_.set_label(f"AP {pr.average_precision:.4f}")
     ax.axhline(labels.mean(), ls="--", c="grey", lw=0.8, label="prevalence")
     ax.set(xlabel="recall (sensitivity)", ylabel="precision", title="Precision-recall")
     ax.legend(loc="lower left", fontsize=8)
@@ -314,17 +326,10 @@ def write_plots(
     save(fig, "reliability")
 
     fig, ax = plt.subplots(figsize=(3.8, 3.4))
-    cm = np.asarray(metrics["confusion"])
-    ax.imshow(cm, cmap="Blues")
-    for (i, j), v in np.ndenumerate(cm):
-        ax.text(
-            j, i, str(v), ha="center", va="center", color="white" if v > cm.max() / 2 else "black"
-        )
+    ConfusionMatrixDisplay(
+        np.asarray(metrics["confusion"]), display_labels=["normal", "tumour"]
+    ).plot(ax=ax, cmap="Blues", colorbar=False, values_format="d")
     ax.set(
-        xticks=[0, 1],
-        yticks=[0, 1],
-        xticklabels=["normal", "tumour"],
-        yticklabels=["normal", "tumour"],
         xlabel="predicted",
         ylabel="true",
         title=f"Confusion at threshold {metrics['threshold']:.2f}",
@@ -336,7 +341,11 @@ def write_plots(
 def reliability_bins(
     labels: np.ndarray, probs: np.ndarray, bins: int = 10
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean predicted probability, observed positive fraction and count per non-empty bin."""
+    """Mean predicted probability, observed positive fraction and count per non-empty bin.
+
+    Bins as ``expected_calibration_error`` makes them (a value on an edge goes up), so the
+    diagram and the ECE beside it agree; sklearn's ``calibration_curve`` puts edge values down.
+    """
     edges = np.linspace(0, 1, bins + 1)
     which = np.clip(np.digitize(probs, edges[1:-1]), 0, bins - 1)
     rows = [
