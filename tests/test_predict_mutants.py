@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +28,7 @@ from handmade_onnx import (
 )
 from histoscan.errors import DataError, ModelError
 from histoscan.models.bundle import save_model_file
-from histoscan.models.registry import create_model
+from histoscan.models.registry import ModelSpec, create_model
 from histoscan.predict import Inference, Predictor, file_sha1, write_predictions
 
 W = weight_map(3)
@@ -103,6 +104,10 @@ def test_default_tta_is_d4(predictor: Predictor) -> None:
         predictor.predict_proba(images), sigmoid(view_logits(images, "d4").mean(1) / T), atol=1e-5
     )
     assert predictor.infer(images).logits.shape == (4, 8)
+    np.testing.assert_allclose(
+        predictor.logits(images), view_logits(images, "d4").mean(1), atol=1e-4
+    )
+    assert Predictor(predictor.model_file, predictor.engine).batch_size == 256
 
 
 def test_features_come_from_the_identity_view_only(predictor: Predictor) -> None:
@@ -117,12 +122,20 @@ def test_features_come_from_the_identity_view_only(predictor: Predictor) -> None
 def test_empty_input_gives_empty_arrays(predictor: Predictor) -> None:
     run = predictor.infer(np.zeros((0, 6, 6, 3), np.uint8), "flip")
     assert run.logits.shape == (0, 2) and run.features.shape == (0, 0)
-    assert predictor.predict_source(Source(np.zeros((0, 6, 6, 3), np.uint8)), "d4").shape == (0,)
+    assert run.features.dtype == np.float32
+    empty = Source(np.zeros((0, 6, 6, 3), np.uint8))
+    assert predictor.predict_source(empty, "d4").shape == (0,)
+    assert empty.reads == []  # nothing to read: no read at all
 
 
 @pytest.mark.parametrize(
     "bad",
-    [np.zeros((2, 6, 6), np.uint8), np.zeros((2, 6, 6, 3), np.float32), np.zeros((2, 6, 6, 4))],
+    [
+        np.zeros((2, 6, 6), np.uint8),
+        np.zeros((6, 6, 3), np.uint8),
+        np.zeros((2, 6, 6, 3), np.float32),
+        np.zeros((2, 6, 6, 4), np.uint8),
+    ],
 )
 def test_patches_must_be_uint8_n_h_w_3(predictor: Predictor, bad: np.ndarray) -> None:
     with pytest.raises(DataError, match=r"expected uint8 patches \(N, H, W, 3\), got"):
@@ -174,6 +187,20 @@ def test_source_is_read_ahead_in_chunks_and_scored_per_batch(
         view_logits(images[[7]], "d4").mean(1),
         atol=1e-4,
     )
+    assert bars[-1] == (("predict",), {"total": 1, "show": True, "unit": "patches"})
+    predictor.logits_source(source, "none", [1], False, label="evaluate")
+    assert bars[-1] == (("evaluate",), {"total": 1, "show": False, "unit": "patches"})
+    np.testing.assert_allclose(
+        predictor.predict_source(source, indices=[3]),
+        sigmoid(view_logits(images[[3]], "d4").mean(1) / T),
+        atol=1e-5,
+    )
+    assert bars[-1] == (("predict",), {"total": 1, "show": True, "unit": "patches"})
+    predictor.predict_source(source, "none", [3], True)
+    assert bars[-1][1]["show"] is True
+    source.reads.clear()
+    predictor.infer_source(source, "none", indices=list(range(24)), progress=False)
+    assert source.reads == [list(range(12)), list(range(12, 24))]  # no empty third read
 
 
 def test_a_bad_tta_mode_fails_before_any_read(predictor: Predictor) -> None:
@@ -199,6 +226,9 @@ def test_what_the_model_is_and_what_ran(predictor: Predictor, graph: Path) -> No
         "batch_size": 3,
     }
     assert Predictor.load(graph).batch_size == 256
+    assert predictor.model_file.kind == "onnx" and predictor.model_file.precision == "fp32"
+    odd = write_graph(graph.with_name("odd.onnx"), small_meta(temperature=2.123456789), W)
+    assert Predictor.load(odd).describe()["temperature"] == 2.123457
     plain = write_graph(graph.with_name("plain.onnx"), small_meta(card={}), W)
     assert Predictor.load(plain).version == "0"
     assert Predictor.load(plain).name == "histocnn"  # no card name: the architecture's
@@ -214,9 +244,20 @@ def test_thresholds_from_the_stored_validation_logits(predictor: Predictor, grap
         small_meta(val_logits=np.zeros(0), val_labels=np.zeros(0, np.int64)),
         W,
     )
+    one = write_graph(
+        graph.with_name("one.onnx"),
+        small_meta(val_logits=np.array([0.4]), val_labels=np.array([1])),
+        W,
+    )
+    with warnings.catch_warnings():  # sklearn: one class only, the false-positive rate is moot
+        warnings.simplefilter("ignore")
+        sens = Predictor.load(one).threshold("sens:0.95")
+    assert sens == pytest.approx(1 / (1 + math.exp(-0.2)))  # one validation patch is enough
     bare = Predictor.load(no_val)
     assert bare.threshold(0.25) == 0.25
-    with pytest.raises(ModelError, match="validation"):
+    with pytest.raises(
+        ModelError, match=r"^threshold rule 'youden' needs validation predictions in the model"
+    ):
         bare.threshold("youden")
 
 
@@ -225,12 +266,19 @@ def test_the_precision_in_the_graph_names_the_engine(tmp_path: Path) -> None:
     run = Predictor.load(int8).describe()
     assert (run["engine"], run["precision"]) == ("onnx-int8", "int8")
     assert Predictor.load(int8, engine="onnx-int8").engine.name == "onnx-int8"
+    assert Predictor.load(int8).model_file.precision == "int8"
     with pytest.raises(ModelError, match="holds a int8 graph, not what --engine onnx runs"):
         Predictor.load(int8, engine="onnx")
     fp32 = write_graph(tmp_path / "f.onnx", small_meta(), W)
     with pytest.raises(ModelError, match="holds a fp32 graph, not what --engine onnx-int8"):
         Predictor.load(fp32, engine="onnx-int8")
     assert Predictor.load(fp32, engine=None).engine.name == "onnx"
+
+
+def test_a_foreign_graph_is_named(tmp_path: Path) -> None:
+    foreign = write_graph(tmp_path / "foreign.onnx", None, W)
+    with pytest.raises(ModelError, match=r"foreign\.onnx: not exported by histoscan"):
+        Predictor.load(foreign)
 
 
 def test_load_refuses_what_it_cannot_run(
@@ -271,7 +319,8 @@ def test_batch_size_must_be_positive(predictor: Predictor) -> None:
 @pytest.fixture
 def pt_model(tmp_path: Path) -> Path:
     path = tmp_path / "m.pt"
-    save_model_file(path, small_meta(calibrated_on="torch"), create_model("histocnn").eval())
+    meta = small_meta(spec=ModelSpec(name="histocnn"), calibrated_on="torch")  # 96 px patches
+    save_model_file(path, meta, create_model("histocnn").eval())
     return path
 
 
@@ -289,6 +338,7 @@ def test_siblings_of_a_pt_file_and_the_auto_choice(pt_model: Path, tmp_path: Pat
     assert (fp32.engine.name, fp32.model_file.path.name) == ("onnx", "m.onnx")
     assert fp32.torch_path == pt_model  # Grad-CAM still finds the torch weights
     assert fp32.torch_model_file().kind == "pt"
+    assert fp32.torch_model_file().path == pt_model
     write_graph(
         tmp_path / "m.int8.onnx", sibling_meta(pt_model), W, 2 * SCALE, BIAS, precision="int8"
     )
@@ -345,3 +395,62 @@ def test_inference_views_and_mean() -> None:
     run = Inference(np.array([[1.0, 3.0], [-2.0, 0.0]]), np.zeros((2, 0), np.float32))
     np.testing.assert_allclose(run.mean_logits(), [2.0, -1.0])
     np.testing.assert_allclose(run.probs(2.0), sigmoid(np.array([1.0, -0.5])))
+
+
+def test_onnx_engines_of_a_pt_file_stay_on_the_cpu(
+    pt_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_graph(tmp_path / "m.onnx", sibling_meta(pt_model), W)
+    write_graph(tmp_path / "m.int8.onnx", sibling_meta(pt_model), W, precision="int8")
+    monkeypatch.setattr(predict_module, "resolve_device", lambda device: "cuda:0")
+    assert Predictor.load(pt_model, engine="onnx").engine.device == "cpu"
+    assert Predictor.load(pt_model, engine="onnx-int8").engine.device == "cpu"
+
+
+def test_grad_cam_without_torch_says_what_to_install(
+    pt_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_graph(tmp_path / "m.onnx", sibling_meta(pt_model), W)
+    predictor = Predictor.load(pt_model, engine="onnx")
+
+    def no_torch(path):  # type: ignore[no-untyped-def]
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(predict_module, "load_model_file", no_torch)
+    with pytest.raises(
+        ModelError,
+        match=r"^Grad-CAM needs torch: install the train extra "
+        r"\(pip install 'histoscan\[train\]'\)$",
+    ):
+        predictor.torch_model_file()
+
+
+def test_torch_engine_keeps_the_asked_batch_and_precision(pt_model: Path) -> None:
+    for precision in ("fp32", "bf16"):
+        run = Predictor.load(pt_model, engine="torch", batch_size=7, precision=precision)
+        assert (run.batch_size, run.describe()["precision"]) == (7, precision)
+
+
+def test_the_torch_engine_needs_torch(pt_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_torch(path):  # type: ignore[no-untyped-def]
+        raise ImportError("No module named 'torch'")
+
+    monkeypatch.setattr(predict_module, "load_model_file", no_torch)
+    with pytest.raises(
+        ModelError,
+        match=r"m\.pt: the torch engine needs torch \(pip install 'histoscan\[train\]'\); "
+        r"the default engine runs the int8 ONNX sibling without it$",
+    ):
+        Predictor.load(pt_model, engine="torch")
+
+
+def test_onnx_without_a_sibling_is_exported_in_memory(pt_model: Path) -> None:
+    images = np.random.default_rng(9).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    onnx = Predictor.load(pt_model, engine="onnx", batch_size=5)
+    run = onnx.describe()
+    assert (run["engine"], run["precision"], run["batch_size"]) == ("onnx", "fp32", 5)
+    assert onnx.model_file.path == pt_model and onnx.temperature == 2.0
+    torch_run = Predictor.load(pt_model, engine="torch", precision="fp32")
+    np.testing.assert_allclose(
+        onnx.logits(images, "none"), torch_run.logits(images, "none"), atol=1e-4
+    )
