@@ -384,9 +384,9 @@ def test_file_sha1_reads_every_block(tmp_path: Path) -> None:
 def test_submission_csv_text(tmp_path: Path) -> None:
     out = tmp_path / "sub.csv"
     write_predictions(out, ["a", "b"], np.array([0.1234567, 1.0]))
-    assert out.read_text() == "id,label\na,0.123457\nb,1.000000\n"
+    assert out.read_bytes() == b"id,label\na,0.123457\nb,1.000000\n"
     write_predictions(out, ["a", "b"], np.array([0.5, 0.25]), {"prediction": [1, 0], "x": "yz"})
-    assert out.read_text() == "id,label,prediction,x\na,0.500000,1,y\nb,0.250000,0,z\n"
+    assert out.read_bytes() == b"id,label,prediction,x\na,0.500000,1,y\nb,0.250000,0,z\n"
     with pytest.raises(ValueError):
         write_predictions(out, ["a"], np.array([0.5, 0.25]))
 

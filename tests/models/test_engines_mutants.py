@@ -63,6 +63,9 @@ def test_onnx_engine_logits_and_features_by_hand() -> None:
     np.testing.assert_allclose(logits, expected_logits(images, W, 7.0, -0.5), atol=1e-4)
     assert feats.dtype == np.float32
     np.testing.assert_allclose(feats, expected_features(images, W), atol=1e-5)
+    wide = images.astype(np.int64)  # integers of another width are read as uint8 patches
+    expected = expected_logits(images, W, 7.0, -0.5)
+    np.testing.assert_allclose(engine.run(wide)[0], expected, atol=1e-4)
     # a non-contiguous view (a mirror) is copied, not misread
     mirror = images[:, :, ::-1]
     np.testing.assert_allclose(
@@ -78,7 +81,11 @@ def test_a_graph_without_features_says_so() -> None:
     np.testing.assert_allclose(
         engine.run(images)[0], expected_logits(images, W, 1.0, 0.0), atol=1e-4
     )
-    with pytest.raises(ModelError, match="no features output; re-export it with"):
+    with pytest.raises(
+        ModelError,
+        match=r"^this ONNX graph has no features output; re-export it with "
+        r"`histoscan export-onnx` or use --engine torch$",
+    ):
         engine.run(images, features=True)
 
 
@@ -198,11 +205,18 @@ def test_cuda_available_asks_torch_when_a_driver_is_there(monkeypatch: pytest.Mo
         (6, 12, 4, 2),  # 6 * 4 // 12
     ],
 )
+@pytest.mark.parametrize("cpus", [1, 3])
 def test_physical_cores_from_cpuinfo(
-    usable: int, siblings: int, cores: int, expected: int, monkeypatch: pytest.MonkeyPatch
+    usable: int,
+    siblings: int,
+    cores: int,
+    expected: int,
+    cpus: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(engines.os, "sched_getaffinity", lambda pid: set(range(usable)))
-    monkeypatch.setattr(engines, "open", fake_open(cpuinfo(siblings, cores)), raising=False)
+    info = cpuinfo(siblings, cores, cpus)  # one processor block, or several alike
+    monkeypatch.setattr(engines, "open", fake_open(info), raising=False)
     assert engines.physical_cores() == expected
 
 
