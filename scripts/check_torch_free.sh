@@ -52,11 +52,20 @@ test -s "$WORK/slide/tiles.csv" && test -s "$WORK/slide/summary.json"
 PORT=$(( 20000 + RANDOM % 20000 ))
 "$B/histoscan" serve --port "$PORT" > "$WORK/serve.log" 2>&1 &
 SERVER=$!
-for _ in $(seq 60); do
-  curl -sf "http://127.0.0.1:$PORT/healthz" > /dev/null && break
-  sleep 0.5
-done
-PATCH=$(find "$DATA/test" -name '*.webp' -print -quit)
-REPLY=$(curl -sf -F "files=@$PATCH" "http://127.0.0.1:$PORT/v1/predict")
-case "$REPLY" in *p_tumor*) ;; *) echo "torch-free check: serve answered: $REPLY" >&2; exit 1 ;; esac
+"$B/python" - "$PORT" "$DATA/test" <<'EOF'
+import sys, time
+from pathlib import Path
+import httpx
+base = f"http://127.0.0.1:{sys.argv[1]}"
+for _ in range(120):
+    try:
+        if httpx.get(f"{base}/healthz").status_code == 200:
+            break
+    except httpx.TransportError:
+        time.sleep(0.5)
+patch = next(Path(sys.argv[2]).glob("*.webp"))
+reply = httpx.post(f"{base}/v1/predict", files=[("files", (patch.name, patch.read_bytes()))])
+assert reply.status_code == 200 and "p_tumor" in reply.text, reply.text
+print(f"serve without torch: p_tumor {reply.json()['results'][0]['p_tumor']:.4f}")
+EOF
 echo "torch-free check: predict, evaluate, slide and serve ran without torch"
