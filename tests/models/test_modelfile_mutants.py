@@ -57,7 +57,8 @@ def test_seen_in_training_matches_on_the_prefix() -> None:
     seen = meta.seen_in_training([a, a.upper(), b, "X1", a[:11]])
     assert seen.dtype == bool
     assert seen.tolist() == [True, True, False, True, False]
-    assert meta.seen_in_training([]).shape == (0,)
+    none = meta.seen_in_training([])
+    assert none.shape == (0,) and none.dtype == bool  # a mask even when empty
 
 
 def test_defaults_of_new_metadata() -> None:
@@ -122,7 +123,12 @@ def test_from_json_round_trip_and_old_files() -> None:
     np.testing.assert_array_equal(back.val_labels, meta.val_labels)
     assert back.card == {"name": "handmade", "version": "3.1"}
     assert back.train_digest == frozenset({"aa"}) and back.calibrated_on == "onnx"
+    ints = ModelMeta.from_json(
+        {"spec": SPEC.to_dict(), "val_logits": [1, -2], "val_labels": [1, 0]}, "m.pt"
+    )
+    assert ints.val_logits.dtype == np.float64 and ints.val_labels.dtype == np.int64
     old = ModelMeta.from_json({"spec": SPEC.to_dict(), "val_logits": None, "card": None}, "old")
+    assert old.val_logits.dtype == np.float64 and old.val_labels.dtype == np.int64
     assert (old.temperature, old.threshold, old.calibrated_on) == (1.0, 0.5, "torch")
     assert old.val_logits.shape == (0,) and old.card == {} and old.train_digest == frozenset()
 
@@ -163,19 +169,29 @@ def test_model_file_properties(tmp_path: Path) -> None:
         _ = mf.net
 
 
-def test_pt_file_loads_its_weights_once(tmp_path: Path) -> None:
+def test_pt_file_loads_its_weights_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
     torch.manual_seed(1)
     net = create_model("histocnn").eval()
     path = tmp_path / "m.pt"
     save_model_file(path, small_meta(spec=ModelSpec(name="histocnn")), net)
+    import histoscan.models.bundle as bundle
+
+    reads: list[Path] = []
+    real = bundle.load_torch_weights
+    monkeypatch.setattr(
+        bundle, "load_torch_weights", lambda p, spec: reads.append(p) or real(p, spec)
+    )
     mf = load_model_file(path)
+    mf.torch_net()
+    assert reads == []  # the weights came with the metadata: the file is read once
     assert (mf.kind, mf.path, mf.precision) == ("pt", path, "fp32")
     assert mf.temperature == 2.0 and mf.card["version"] == "3.1"
     assert mf.torch_net() is mf.torch_net() is mf.net
     lazy = ModelFile(meta=mf.meta, path=path, kind="pt")
     loaded = lazy.torch_net()
+    assert reads == [path]
     assert lazy.torch_net() is loaded
     for key, value in net.state_dict().items():
         assert torch.equal(loaded.state_dict()[key], value)
