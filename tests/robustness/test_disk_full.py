@@ -15,7 +15,10 @@ import pytest
 from histoscan.io import OutputError, atomic_dir, atomic_file, atomic_write
 from robustness.common import assert_one_line_error, cli, kaggle_folder
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root")
+pytestmark = [
+    pytest.mark.privileged,
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root"),
+]
 
 
 @pytest.fixture

@@ -90,6 +90,7 @@ def test_out_below_a_file(data: Path, tmp_path: Path) -> None:
     )
 
 
+@pytest.mark.privileged
 def test_read_only_output_folder(data: Path, tmp_path: Path) -> None:
     ro = tmp_path / "ro"
     ro.mkdir()
