@@ -30,11 +30,9 @@ def main(data: str) -> None:
     save_model_file(path, meta, mf.torch_net())
     print(f"{path}: {len(train_ids)} training ids recorded")
     int8 = path.with_name(path.stem + ".int8.onnx")
-    subprocess.run(
-        [str(Path(sys.executable).with_name("histoscan")), "export-onnx", "-m", str(path), "--int8"]
-        + ["--calibration", data, "-o", str(int8)],
-        check=True,
-    )
+    histoscan = str(Path(sys.executable).with_name("histoscan"))
+    cmd = [histoscan, "export-onnx", "-m", str(path), "--int8", "--calibration", data]
+    subprocess.run([*cmd, "--out", str(int8)], check=True)
 
 
 if __name__ == "__main__":
