@@ -1,15 +1,16 @@
 """Mutation testing, one core module at a time, each against its own tests only.
 
     python scripts/mutants.py                    # every module in MODULES (slow: hours on 2 cores)
-    python scripts/mutants.py calibration splits # some of them
+    python scripts/mutants.py calibration data/splits  # some of them
+    python scripts/mutants.py evaluate:write_plots     # one module's mutants of some functions
     python scripts/mutants.py --planted          # the nine bugs of issue #14, each must fail
 
 Each module runs mutmut 3 in its own copy of the project under ``--work`` (default
 ``/tmp/histoscan-mutants``), with ``only_mutate`` set to that module and the test selection set to
 its tests, so the working tree is never touched and a run collects coverage from a few test files
 rather than the whole suite. The base settings come from ``[tool.mutmut]`` in pyproject.toml.
-Prints killed / survived / timeout / no tests per module and the score, killed (+ timeout) over
-mutants that some test ran; the bar is 80 %.
+Prints killed / survived / timeout / no tests / not checked per module and the score, killed
+(+ timeout) over the mutants that were checked; the bar is 80 %.
 
 ``--planted`` applies each planted bug (one line) to a copy of ``src`` and runs the tests that
 should catch it, with the copy first on PYTHONPATH; a bug no test catches is a failure.
@@ -88,6 +89,8 @@ MODULES: dict[str, list[str]] = {
     "slide/tiling": ["tests/slide/test_tiling_mutants.py", "tests/slide/test_slide_geometry.py"],
     "slide/geojson": ["tests/slide/test_geojson_mutants.py", "tests/slide/test_slide_geometry.py"],
 }
+
+NAMES = (("x_", ""), ("xǁ", "ǁ*"))  # a function's mutants; a class's methods' mutants
 
 # torch, onnxruntime and a TestClient start threads: fork each mutant from mutmut's clean fork
 # server (which only imports) rather than from the process that ran the tests
@@ -202,17 +205,26 @@ def mutmut_config(module: str, tests: list[str]) -> str:
     return f"{without.rstrip()}\n\n[tool.mutmut]\n{body}"
 
 
-def run_module(module: str, work: Path) -> dict[str, float]:
-    folder = work / module.replace("/", "-")
+def run_module(module: str, work: Path, functions: list[str] | None = None) -> dict[str, float]:
+    """Mutants of ``module`` (only those of ``functions`` when given) against its tests."""
+    part = f"-{'-'.join(functions)[:60]}" if functions else ""
+    folder = work / f"{module.replace('/', '-')}{part}"
     copy_project(folder)
     (folder / "pyproject.toml").write_text(mutmut_config(module, MODULES[module]))
     mutmut = str(Path(PY).with_name("mutmut"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut sets the path
+    dotted = "histoscan." + module.replace("/", ".")
+    # mutmut names mutants x_<function>__mutmut_<n> and xǁ<Class>ǁ<method>__mutmut_<n>
+    names = [f"{dotted}.{p}{f}{s}__mutmut_*" for f in functions or [] for p, s in NAMES]
     with open(folder / "mutmut-run.log", "w") as log:
-        subprocess.run([mutmut, "run"], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.run(
+            [mutmut, "run", *names], cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     subprocess.run([mutmut, "export-cicd-stats"], cwd=folder, env=env, capture_output=True)
     stats = json.loads((folder / "mutants" / "mutmut-cicd-stats.json").read_text())
-    ran = stats["total"] - stats["skipped"] - stats["no_tests"]
+    # checked mutants only: a run narrowed to some functions (or stopped) leaves the rest unchecked
+    ran = sum(stats[k] for k in ("killed", "timeout", "survived", "suspicious", "segfault"))
+    stats["not_checked"] = stats["total"] - ran - stats["skipped"] - stats["no_tests"]
     stats["score"] = 100.0 * (stats["killed"] + stats["timeout"]) / ran if ran else 0.0
     survivors = subprocess.run(
         [mutmut, "results"], cwd=folder, env=env, capture_output=True, text=True
@@ -261,16 +273,19 @@ def main() -> int:
     args = parser.parse_args()
     if args.planted:
         return 1 if run_planted(args.work, args.modules) else 0
-    unknown = [m for m in args.modules if m not in MODULES]
+    # "evaluate:write_plots,compute_metrics" runs the mutants of those functions only
+    wanted = [(m.partition(":")[0], m.partition(":")[2]) for m in args.modules]
+    unknown = [m for m, _ in wanted if m not in MODULES]
     if unknown:
         parser.error(f"unknown module {unknown[0]}; choose from {', '.join(MODULES)}")
     rows = []
-    for module in args.modules or list(MODULES):
-        stats = run_module(module, args.work)
+    for module, only in wanted or [(m, "") for m in MODULES]:
+        stats = run_module(module, args.work, [f for f in only.split(",") if f] or None)
         rows.append((module, stats))
         print(
-            f"{module:16} killed {stats['killed']:4} timeout {stats['timeout']:3} "
-            f"survived {stats['survived']:4} no tests {stats['no_tests']:3} "
+            f"{module + (':' + only if only else ''):16} killed {stats['killed']:4} "
+            f"timeout {stats['timeout']:3} survived {stats['survived']:4} "
+            f"no tests {stats['no_tests']:3} not checked {stats['not_checked']:3} "
             f"score {stats['score']:5.1f} %",
             flush=True,
         )
