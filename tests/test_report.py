@@ -211,6 +211,9 @@ def test_report_on_real_patches(real_root: Path, tmp_path: Path):
     assert page.sections == list(SECTIONS)
     assert_images_decode(page.images)
     assert "UMAP" in out.read_text()
+    # the page says which engine made its numbers: the int8 sibling on this CPU
+    assert "engine onnx-int8 (int8 on cpu)" in out.read_text()
+    assert "fitted on the onnx-int8 engine" in out.read_text()
 
 
 def test_training_curves_give_each_member_its_own_colour(monkeypatch):

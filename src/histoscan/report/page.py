@@ -44,8 +44,10 @@ def render(d: ReportData) -> str:
 
     card = d.mf.card
     name = card.get("name") or card.get("model") or d.mf.spec.name
+    run = d.inference
     subtitle = (
         f"{esc(d.mf.path)} &middot; evaluated on {esc(d.source.describe())} "
+        f"&middot; engine {esc(run['engine'])} ({esc(run['precision'])} on {esc(run['device'])}) "
         f"&middot; generated {time.strftime('%Y-%m-%d %H:%M')}"
     )
     bodies = [
@@ -145,7 +147,11 @@ def _training(d: ReportData) -> str:
         ["training time", "not recorded" if secs is None else f"{secs / 60:.1f} min"],
         ["recipe", recipe or "not recorded"],
         ["validation AUC while training (8 views)", str(card.get("val_auc_tta_d4", "?"))],
-        ["temperature / threshold", f"{d.mf.temperature:.3f} / {d.mf.threshold:.2f}"],
+        [
+            "temperature / threshold",
+            f"{d.mf.temperature:.3f} (fitted on the {d.inference['calibrated_on']} engine's "
+            f"validation logits) / {d.mf.threshold:.2f}",
+        ],
         ["trained", card.get("trained", "?")],
     ]
     members = card.get("members") or []
