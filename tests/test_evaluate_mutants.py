@@ -87,6 +87,48 @@ def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
     return predictor, Memory(tmp_path / "data", images, LABELS), images
 
 
+def axes_facts(ax) -> dict:  # type: ignore[no-untyped-def]
+    """What a reader sees in one panel, and how each mark is drawn."""
+    from matplotlib.colors import to_hex
+
+    legend = ax.get_legend()
+    return {
+        "title": ax.get_title(),
+        "xlabel": ax.get_xlabel(),
+        "ylabel": ax.get_ylabel(),
+        "legend": [t.get_text() for t in legend.get_texts()] if legend else [],
+        "legend_style": (legend._loc, legend.get_texts()[0].get_fontsize()) if legend else None,
+        "lines": [(ln.get_xdata(), ln.get_ydata()) for ln in ax.get_lines()],
+        "line_style": [
+            (
+                ln.get_linestyle(),
+                to_hex(ln.get_color()),
+                ln.get_linewidth(),
+                ln.get_marker(),
+                ln.get_markersize(),
+            )
+            for ln in ax.get_lines()
+        ],
+        "texts": [t.get_text() for t in ax.texts],
+        "text_style": [
+            (t.get_position(), t.get_ha(), t.get_va(), t.get_fontsize(), to_hex(t.get_color()))
+            for t in ax.texts
+        ],
+        "bars": [
+            [(p.get_x(), p.get_height(), p.get_width()) for p in group] for group in ax.containers
+        ],
+        "yscale": ax.get_yscale(),
+        "margins": ax.margins(),
+        "images": [im.get_cmap().name for im in ax.images],
+        "xticks": list(ax.get_xticks()),
+        "yticks": list(ax.get_yticks()),
+        "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
+        "yticklabels": [t.get_text() for t in ax.get_yticklabels()],
+        "height": round(ax.get_position().height, 3),
+        "shares_x": len(ax.get_shared_x_axes().get_siblings(ax)),
+    }
+
+
 class Figures:
     """Records what each saved figure shows: titles, labels, legends, lines, texts."""
 
@@ -99,23 +141,8 @@ class Figures:
         def savefig(fig, path, *args, **kwargs):  # type: ignore[no-untyped-def]
             self.saved[Path(path).stem] = {
                 "dpi": kwargs.get("dpi"),
-                "axes": [
-                    {
-                        "title": ax.get_title(),
-                        "xlabel": ax.get_xlabel(),
-                        "ylabel": ax.get_ylabel(),
-                        "legend": [t.get_text() for t in ax.get_legend().get_texts()]
-                        if ax.get_legend()
-                        else [],
-                        "lines": [(ln.get_xdata(), ln.get_ydata()) for ln in ax.get_lines()],
-                        "texts": [t.get_text() for t in ax.texts],
-                        "bars": [(p.get_x(), p.get_height()) for p in ax.patches],
-                        "yscale": ax.get_yscale(),
-                        "xticklabels": [t.get_text() for t in ax.get_xticklabels()],
-                        "yticklabels": [t.get_text() for t in ax.get_yticklabels()],
-                    }
-                    for ax in fig.axes
-                ],
+                "size": tuple(np.round(fig.get_size_inches(), 3)),
+                "axes": [axes_facts(ax) for ax in fig.axes],
             }
             return real(fig, path, *args, **kwargs)
 
@@ -235,6 +262,44 @@ def check_figures(saved: dict, m: dict, probs: np.ndarray, raw: np.ndarray) -> N
     assert cm["title"] == "Confusion at threshold 0.40"
     assert (cm["xlabel"], cm["ylabel"]) == ("predicted", "true")
     assert cm["xticklabels"] == ["normal", "tumour"] and cm["yticklabels"] == ["normal", "tumour"]
+    assert cm["xticks"] == [0, 1] and cm["yticks"] == [0, 1] and cm["images"] == ["Blues"]
+    check_styles(saved, raw, probs)
+
+
+def check_styles(saved: dict, raw: np.ndarray, probs: np.ndarray) -> None:
+    """Sizes, the dashed grey chance lines, markers, bar widths, legends where they are put."""
+    chance = ("--", "#808080", 0.8, "None", 6.0)
+    assert {k: v["size"] for k, v in saved.items()} == {
+        "roc": (4.6, 4.2),
+        "pr": (4.6, 4.2),
+        "reliability": (4.6, 5.4),
+        "confusion": (3.8, 3.4),
+    }
+    (roc,) = saved["roc"]["axes"]
+    assert roc["line_style"][1] == chance and roc["legend_style"] == (4, 8.0)  # lower right
+    (pr,) = saved["pr"]["axes"]
+    assert pr["line_style"][1] == chance and pr["legend_style"] == (3, 8.0)  # lower left
+    diagram, counts = saved["reliability"]["axes"]
+    assert [s[3:] for s in diagram["line_style"][:2]] == [("o", 3.0), ("o", 3.0)]
+    assert diagram["line_style"][2] == chance and diagram["legend_style"] == (2, 8.0)  # upper left
+    assert diagram["shares_x"] == 2 and round(diagram["height"] / counts["height"], 1) == 2.7
+    assert counts["margins"][1] == 0.35
+    w = 0.042
+    for k, (group, p) in enumerate(zip(counts["bars"], (raw, probs), strict=True)):
+        centres, sizes = hand_bins(p)  # before (T = 1) left of each centre, after right of it
+        np.testing.assert_allclose([b[0] for b in group], centres + (k - 1) * w, atol=1e-5)
+        assert [b[1] for b in group] == sizes and all(b[2] == pytest.approx(w) for b in group)
+    centres, sizes = hand_bins((raw, probs)[1])
+    for (pos, ha, va, size, _), x, n in zip(counts["text_style"], centres, sizes, strict=True):
+        assert pos == pytest.approx((x + w / 2, n))  # on top of the calibrated bar
+        assert (ha, va, size) == ("center", "bottom", 6.0)
+
+
+def hand_bins(p: np.ndarray) -> tuple[np.ndarray, list[int]]:
+    """Mean probability and count of each non-empty tenth."""
+    which = np.minimum((p * 10).astype(int), 9)
+    full = [b for b in range(10) if (which == b).any()]
+    return np.array([p[which == b].mean() for b in full]), [int((which == b).sum()) for b in full]
 
 
 def hand_ece(labels: np.ndarray, probs: np.ndarray, bins: int) -> float:
