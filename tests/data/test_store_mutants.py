@@ -50,7 +50,7 @@ def patches(n: int, seed: int = 0) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 96, 96, 3), dtype=np.uint8)
 
 
-LABELS = [1, 0, -1, 1, 0, 1, 0]
+LABELS = [1, 0, -1, 1, 0, 1, 1]  # 4 positive, 2 negative, 1 unlabelled
 
 
 @pytest.fixture
@@ -82,13 +82,13 @@ def test_files_of_a_store_by_hand(source: Memory, tmp_path: Path) -> None:
     assert meta == {
         "format": "histoscan-store/1",
         "histoscan_version": __version__,
-        "source": f"memory at {source.root} (7 patches, 3 positive, 3 negative)",
+        "source": f"memory at {source.root} (7 patches, 4 positive, 2 negative)",
         "source_kind": "memory",
         "source_path": str(source.root.resolve()),
         "manifest": None,
         "count": 7,
-        "positives": 3,
-        "negatives": 3,
+        "positives": 4,
+        "negatives": 2,
         "unlabelled": 1,
         "patch_px": 96,
         "id_is_hash": True,
@@ -96,6 +96,9 @@ def test_files_of_a_store_by_hand(source: Memory, tmp_path: Path) -> None:
         "index_sha256": index.hexdigest(),
     }
     assert isinstance(store, PatchStore) and store.root == out
+    assert json.loads((out / ".histoscan").read_text())["what"] == "store"
+    with pytest.raises(HistoscanError, match="already exists"):
+        write_store(source, out, progress=False)  # no overwrite unless asked
     assert is_store(out) and not is_store(source.root) and not is_store(out / "store.json")
 
 
@@ -109,7 +112,7 @@ def test_what_a_store_reads_back(source: Memory, tmp_path: Path) -> None:
     assert store.locate(3) == f"{out}[3] (id m3)"
     assert store.describe() == (
         f"packed store at {out} (7 patches from memory at {source.root} "
-        "(7 patches, 3 positive, 3 negative))"
+        "(7 patches, 4 positive, 2 negative))"
     )
     assert np.array_equal(store.read(4), source.images[4])
     assert np.array_equal(store.read_raw(6), source.images[6])
@@ -229,7 +232,7 @@ def test_select_manifest(source: Memory, tmp_path: Path, caplog: pytest.LogCaptu
     with caplog.at_level(logging.INFO, logger="histoscan.data.store"):
         kept = select_manifest(source, path)
     assert kept.tolist() == [1, 5] and kept.dtype == np.int64
-    assert f"manifest {path} keeps 2 of 7 patches" in caplog.text
+    assert f"manifest {path} keeps 2 of 7 patches" in caplog.messages
     path.write_text("id,keep\nm5,0\n")
     with pytest.raises(DataError, match=rf"^{path}: keeps none of the 7 patches in {source.root}$"):
         select_manifest(source, path)
