@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
+import re
 import struct
 from pathlib import Path
 
@@ -63,12 +65,14 @@ class Arrays(Memory):
         return np.stack([self.items[int(i)] for i in indices])
 
 
-def test_counts_and_description(tmp_path: Path) -> None:
+def test_counts_and_description(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     images = list(patches(6))
-    source = Memory(tmp_path, images, labels=[1, 0, -1, 1, 1, 0])
-    result = verify_source(source, progress=False)
+    source = Memory(tmp_path, images, labels=[1, 0, -1, 1, 1, 1])
+    with caplog.at_level(logging.DEBUG, logger="histoscan.data.verify"):
+        result = verify_source(source, progress=False)
     assert result.ok and result.problems == [] and result.counts() == {}
-    assert (result.checked, result.positives, result.negatives, result.unlabelled) == (6, 3, 2, 1)
+    assert (result.checked, result.positives, result.negatives, result.unlabelled) == (6, 4, 1, 1)
+    assert any(re.fullmatch(r"verified 6 patches in \d+\.\d s", m) for m in caplog.messages)
     assert result.description == source.describe() and result.hash_mode is None
     assert 0 <= result.seconds < 60
 
@@ -151,6 +155,8 @@ def test_hash_mode_follows_the_ids(tmp_path: Path) -> None:
     assert verify_source(half, True, progress=False).hash_mode == "duplicates"
     upper = Memory(tmp_path, images, ids=[s.upper() for s in by_sha])
     assert verify_source(upper, True, progress=False).hash_mode == "duplicates"
+    one = Memory(tmp_path, images[:1])  # one patch whose id is its SHA-1: ids are compared
+    assert verify_source(one, True, progress=False).hash_mode == "id"
     source = Memory(tmp_path, images)
     source.id_is_hash = False
     assert verify_source(source, True, progress=False).hash_mode == "duplicates"
@@ -208,10 +214,14 @@ def test_array_sources_are_read_in_slices(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_a_failing_slice_is_retried_item_by_item(tmp_path: Path) -> None:
     images = list(patches(3))
-    source = Arrays(tmp_path, [images[0], ValueError("bad item"), images[2]])
+    ids = [sha1(images[0]), "bad1", "e" * 40]  # the third id is not its pixels' SHA-1
+    source = Arrays(tmp_path, [images[0], ValueError("bad item"), images[2]], ids=ids)
     source.fail_slices = True
     result = verify_source(source, check_hash=True, progress=False)
-    assert [(p.location, p.kind) for p in result.problems] == [("mem[1]", "unreadable file")]
+    assert [(p.location, p.kind) for p in result.problems] == [
+        ("mem[1]", "unreadable file"),
+        ("mem[2]", "hash mismatch"),  # items read one by one are still hashed
+    ]
 
 
 def test_a_wrong_array_shape_is_said_once_per_slice(
@@ -234,6 +244,29 @@ def test_a_wrong_array_shape_is_said_once_per_slice(
     assert len(verify_source(source, progress=False).problems) == 3  # other kinds do not hide it
     source.problems[0] = Problem("x.h5", "p1", "not 96x96", "one item")
     assert len(verify_source(source, progress=False).problems) == 3  # nor one item's
+
+
+def test_a_refused_array_still_moves_the_bar(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(verify, "CHUNK", 4)
+    advances: list[int] = []
+
+    class Bar:
+        def advance(self, n: int) -> None:
+            advances.append(n)
+
+    @contextlib.contextmanager
+    def bar(*args, **kwargs):  # type: ignore[no-untyped-def]
+        yield Bar()
+
+    monkeypatch.setattr(verify, "progress_bar", bar)
+    source = Arrays(
+        tmp_path, [np.zeros((96, 95, 3), np.uint8)] * 6, ids=[f"p{i}" for i in range(6)]
+    )
+    source.problems.append(Problem("x.h5", "*", "not 96x96", "the dataset"))
+    verify_source(source)
+    assert advances == [4, 2]
 
 
 def test_store_content_hash(tmp_path: Path) -> None:
@@ -325,6 +358,9 @@ def test_truncation_is_recognised(tmp_path: Path) -> None:
     other.write_bytes(b"RIFF" + struct.pack("<I", 99) + b"WAVE")
     assert not verify._looks_truncated(str(other), exc)
     assert not verify._looks_truncated(str(tmp_path / "missing"), exc)
+    huge = tmp_path / "huge.webp"
+    huge.write_bytes(webp_head(0xFFFFFFF0) + b"\0" * 8)  # the size field is unsigned
+    assert verify._looks_truncated(str(huge), exc)
     assert verify._looks_truncated("mem[0]", EOFError())
     assert verify._looks_truncated("mem[0]", OSError("TRUNCATED file"))
 
@@ -378,5 +414,5 @@ def test_workers_get_the_source_once_and_keep_order(
 
 def test_an_uninitialised_worker_is_an_error() -> None:
     verify._WORKER = None
-    with pytest.raises(AssertionError, match="worker not initialised"):
+    with pytest.raises(AssertionError, match=r"^worker not initialised$"):
         verify._worker_range((0, 1))
