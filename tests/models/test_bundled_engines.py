@@ -65,3 +65,42 @@ def test_bf16_torch_engine_agrees_with_fp32(held_out, scores) -> None:
     p = bf16.predict_proba(images[:64], tta="none")
     assert np.abs(p - scores["torch"][:64]).max() < 0.05
     assert roc_auc_score(labels[:64], p) >= 0.9
+
+
+@pytest.mark.parametrize("engine", ["torch", "onnx-int8"])
+def test_the_explain_and_report_paths_score_as_predict_does(engine, real_root, held_out, scores):
+    """explain's case choice and the report's predict-once pass run the same door: same numbers,
+    and the features for the maps come out of the same pass."""
+    from histoscan.explain.runs import choose_patches
+    from histoscan.report.build import predict_once
+
+    source = open_source(real_root / "train")
+    val_ids = load_model_file().card["val_ids"][:N_PATCHES]
+    extra = {"precision": "fp32"} if engine == "torch" else {}
+    predictor = Predictor.load(None, engine=engine, device="cpu", **extra)
+    _, probs, labels, _, _ = choose_patches(predictor, source, val_ids, n=1, tta="none")
+    np.testing.assert_allclose(probs, scores[engine], atol=1e-9)
+    assert roc_auc_score(labels, probs) >= 0.95
+    subset = picked(source, val_ids)
+    pred = predict_once(predictor, subset, None, "none", progress=False)
+    np.testing.assert_allclose(
+        1 / (1 + np.exp(-pred.logits_eval / predictor.temperature)), scores[engine], atol=1e-9
+    )
+    assert pred.features.shape == (N_PATCHES, 512) and np.isfinite(pred.features).all()
+
+
+def picked(source, ids):  # type: ignore[no-untyped-def]
+    """The patches ``ids`` of ``source``, as a folder of just them would be."""
+    from histoscan.data.sources import PatchSource
+
+    position = {key: i for i, key in enumerate(source.ids)}
+    idx = np.array([position[k] for k in ids])
+
+    class Picked(PatchSource):
+        def read_raw(self, i: int) -> np.ndarray:
+            return source.read_raw(int(idx[i]))
+
+        def locate(self, i: int) -> str:
+            return source.locate(int(idx[i]))
+
+    return Picked(source.root, list(ids), source.labels[idx])
