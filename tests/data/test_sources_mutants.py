@@ -111,7 +111,11 @@ def test_base_source_reads_and_describes() -> None:
     with pytest.raises(DataError, match=r"^m\[0\]: said already$"):
         inner.read(0)
     assert source.describe() == "memory at /m (4 patches, 2 positive, 1 negative)"
-    with pytest.raises(ValueError, match="ids and labels differ in length"):
+    assert Memory([a] * 5, [1, 1, 1, 0, -1]).describe() == (
+        "memory at /m (5 patches, 3 positive, 1 negative)"
+    )
+    assert source.problems == []
+    with pytest.raises(ValueError, match="^ids and labels differ in length$"):
         PatchSource(Path("/x"), ["a"], np.array([0, 1]))
 
 
@@ -135,6 +139,8 @@ def test_require_clean() -> None:
     with pytest.raises(DataError, match=r"^a: k \(id x\): d; run `histoscan verify /m`$"):
         source.require_clean()
     source.problems.append(Problem("b", "y", "k", "d"))
+    with pytest.raises(DataError, match=r"^a: k \(id x\): d \(and 1 more\); run"):
+        source.require_clean()
     source.problems.append(Problem("c", "z", "k", "d"))
     with pytest.raises(DataError, match=r"^a: k \(id x\): d \(and 2 more\); run `histoscan"):
         source.require_clean()
