@@ -115,7 +115,7 @@ def test_base_source_reads_and_describes() -> None:
         "memory at /m (5 patches, 3 positive, 1 negative)"
     )
     assert source.problems == []
-    with pytest.raises(ValueError, match="^ids and labels differ in length$"):
+    with pytest.raises(ValueError, match=r"^ids and labels differ in length$"):
         PatchSource(Path("/x"), ["a"], np.array([0, 1]))
 
 
