@@ -231,13 +231,14 @@ def test_file_source_and_listing(tmp_path: Path) -> None:
     assert np.array_equal(source.read_raw(0), tifffile_image)
     with pytest.raises(DataError, match=r"gone\.jpg: unreadable image"):
         source.read(3)
-    with pytest.raises(DataError, match=r"^.*nothing: cannot list \("):
+    with pytest.raises(DataError, match=r"nothing: cannot list \(No such file or directory\)$"):
         list_images(tmp_path / "nothing")
 
 
 def test_tiff_goes_through_tifffile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     save(tmp_path, "x.TIFF", seed=4)
     save(tmp_path, "y.png", seed=5)
+    save(tmp_path, "z.tif", seed=6)
     used: list[str] = []
     real = sources._decode_tiff
     monkeypatch.setattr(sources, "_decode_tiff", lambda p: used.append(Path(p).name) or real(p))
@@ -246,6 +247,8 @@ def test_tiff_goes_through_tifffile(tmp_path: Path, monkeypatch: pytest.MonkeyPa
         source.read(1), make_patch(5)
     )
     assert used == ["x.TIFF"]
+    FileSource(tmp_path, [tmp_path / "z.tif"], [0]).read(0)
+    assert used == ["x.TIFF", "z.tif"]
 
 
 def test_a_tiff_tifffile_refuses_falls_back_to_pil(
@@ -280,21 +283,22 @@ def test_decode_keeps_16_bit_and_palettes(tmp_path: Path) -> None:
 
 def test_labelled_folder_problems(tmp_path: Path) -> None:
     folder = tmp_path / "imgs"
-    for k, name in enumerate(["a.png", "b.png", "c.png", "d.png", "a.tif"]):
+    for k, name in enumerate(["a.png", "b.png", "c.png", "d.png", "a.tif", "aa.png"]):
         save(folder, name, seed=k)
     csv_path = tmp_path / "labels.csv"
     csv_path.write_text("id,label\na,1\nb,0.0\nc,2\nghost,1\n")
     source = open_labelled_folder(folder, csv_path, "my kind")
-    assert source.kind == "my kind" and source.ids == ["a", "a", "b", "c", "d"]
-    assert source.labels.tolist() == [1, 1, 0, -1, -1]
+    assert source.kind == "my kind" and source.ids == ["a", "a", "aa", "b", "c", "d"]
+    assert source.labels.tolist() == [1, 1, -1, 0, -1, -1]
     assert problems_of(source) == [
         (str(folder / "a.tif"), "a", "duplicate id", "same id as a.png"),
+        (str(folder / "aa.png"), "aa", "image without label", f"id aa is not in {csv_path}"),
         (f"{csv_path}:4", "c", "label not 0/1", "id c has label '2'; labels must be 0 or 1"),
         (str(folder / "d.png"), "d", "image without label", f"id d is not in {csv_path}"),
         (f"{csv_path}:5", "ghost", "label without image", f"id ghost has no image in {folder}"),
     ]
     bare = open_labelled_folder(folder, None, "bare")
-    assert bare.labels.tolist() == [-1] * 5 and [p.kind for p in bare.problems] == ["duplicate id"]
+    assert bare.labels.tolist() == [-1] * 6 and [p.kind for p in bare.problems] == ["duplicate id"]
 
 
 def test_class_folders(tmp_path: Path) -> None:
@@ -461,3 +465,28 @@ def test_gunzip_progress_in_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         (("decompress y.h5.gz",), {"total": src.stat().st_size, "show": True, "unit": "B"})
     ]
     assert updates == [src.stat().st_size]
+
+
+def test_open_source_finds_a_store_and_the_preferred_pcam_split(tmp_path: Path) -> None:
+    import h5py
+
+    from histoscan.data.store import PatchStore, write_store
+
+    folder = tmp_path / "imgs"
+    save(folder, "x.png")
+    write_store(open_source(folder), tmp_path / "store", progress=False)
+    store = open_source(tmp_path / "store")
+    assert isinstance(store, PatchStore) and store.root == tmp_path / "store"
+    pcam = tmp_path / "pcam"
+    pcam.mkdir()
+    for split, n in (("train", 3), ("test", 2)):
+        with h5py.File(pcam / f"camelyonpatch_level_2_split_{split}_x.h5", "w") as f:
+            f.create_dataset("x", data=np.stack([make_patch(i) for i in range(n)]))
+    assert open_source(pcam, prefer_split="test").ids == ["test/0", "test/1"]
+    assert open_source(pcam, split="train", prefer_split="test").ids[0] == "train/0"
+    assert len(open_source(pcam, prefer_split="valid")) == 3  # no valid split: train
+
+
+def test_atomic_write_bytes(tmp_path: Path) -> None:
+    sources.atomic_write_bytes(tmp_path / "x.bin", b"\x00abc")
+    assert (tmp_path / "x.bin").read_bytes() == b"\x00abc"
