@@ -171,6 +171,8 @@ def test_protected_paths_and_other_scopes() -> None:
     run(TokenMiddleware(app, "t"), {"type": "lifespan"})
     run(TokenMiddleware(app, "t"), {"type": "websocket", "path": "/v1/ws", "headers": []})
     run(TokenMiddleware(app, "t"), {"type": "http", "headers": []})  # no path: the root
+    status, body, _ = error_of(run(TokenMiddleware(App(), "t"), {"type": "http", "path": "/v1"}))
+    assert (status, body["error"]) == (401, "missing token: send 'Authorization: Bearer <token>'")
     assert [c["type"] for c in app.calls] == ["lifespan", "websocket", "http"]
 
 
@@ -279,6 +281,18 @@ def test_headers_on_an_answer_without_headers_and_other_scopes() -> None:
     app = App()
     run(PageHeadersMiddleware(app), {"type": "lifespan"})
     assert len(app.calls) == 1
+    start, _ = run(PageHeadersMiddleware(App()), {"type": "http", "headers": []})  # no path
+    assert start["headers"][-2:] == [
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+    ]
+
+    class Bare(App):
+        async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+            await send({"type": "http.response.start", "status": 204})  # no headers key
+
+    (start,) = run(PageHeadersMiddleware(Bare()), http("/"))
+    assert start["headers"][0] == (b"x-content-type-options", b"nosniff")
 
 
 @pytest.mark.parametrize(
@@ -339,6 +353,7 @@ def test_hosts_on_every_interface(bind: str) -> None:
     assert g.host_allowed(socket.gethostname().upper())
     assert g.host_allowed(socket.getfqdn())
     assert not g.host_allowed("evil.com")
+    assert g.host_allowed("localhost:8000")  # the loopback names stay allowed
 
 
 def test_origins() -> None:
