@@ -102,6 +102,8 @@ def test_the_closest_of_two_matching_levels_wins() -> None:
     assert plan.level == 2 and plan.l0_per_px == 1.98
     plan = plan_tiles(reader((1, 1.98, 2.08)), 0.486, 0.972, 96, 96)
     assert plan.level == 1
+    plan = plan_tiles(reader((1, 1.98, 2.01)), 0.486, 0.972, 96, 96)
+    assert plan.level == 2  # 0.5 % off beats 1 % off, though 1.98 is the smaller
 
 
 def test_the_finest_level_below_is_the_coarsest_of_those() -> None:
@@ -113,7 +115,9 @@ def test_no_finer_level_reads_level_0_and_enlarges(caplog: pytest.LogCaptureFixt
     with caplog.at_level(logging.WARNING):
         plan = plan_tiles(reader((1, 2)), 1.2, 0.972, 96, 96)
     assert plan.level == 0 and plan.read_px == round(96 * 0.81)
-    assert "fake.tif: upsampling 1.23x: the slide is coarser than the model" in caplog.text
+    assert caplog.messages == [
+        "fake.tif: upsampling 1.23x: the slide is coarser than the model's training resolution"
+    ]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
         plan_tiles(reader((1, 2)), 0.3, 0.972, 96, 96)
@@ -141,7 +145,7 @@ def test_origins_round_to_the_nearest_pixel() -> None:
     step = 33 * plan.l0_per_px
     assert x.tolist() == [round(3 * step), round(2 * step), round(7 * step)]
     assert y.tolist() == [0, round(step), round(5 * step)]
-    assert x.dtype == np.int64
+    assert x.dtype == np.int64 and y.dtype == np.int64
 
 
 def test_tissue_fractions_match_a_direct_count() -> None:
