@@ -30,13 +30,13 @@ def plan(stride_px: int = 96, l0_per_px: float = 2.0, mpp0: float = 0.5) -> Tile
 
 def test_two_regions_with_every_property() -> None:
     probs = np.full((5, 6), np.nan)
-    probs[0, 0:2] = [0.5, 0.9]  # 0.5 is at the threshold: tumour
+    probs[0, 0:2] = [0.5, 0.912345678]  # 0.5 is at the threshold: tumour
     probs[1, 0] = 0.6
     probs[3:5, 4] = [0.8, 0.7]
     probs[2, 2] = 0.4999  # just below: not tumour
     probs[4, 0] = 0.1
-    features = tumor_features(probs, 0.5, plan())
-    cell_mm2 = (96 * 2.0 * 0.5 / 1000) ** 2  # a 192 level-0 px cell at 0.5 um/px
+    features = tumor_features(probs, 0.5, plan(mpp0=0.4871))
+    cell_mm2 = (96 * 2.0 * 0.4871 / 1000) ** 2  # a 192 level-0 px cell at 0.4871 um/px
     first, second = features
     assert first == {
         "type": "Feature",
@@ -54,8 +54,8 @@ def test_two_regions_with_every_property() -> None:
             "measurements": {
                 "area_mm2": round(3 * cell_mm2, 6),
                 "tiles": 3,
-                "max_p_tumor": 0.9,
-                "mean_p_tumor": round((0.5 + 0.9 + 0.6) / 3, 6),
+                "max_p_tumor": 0.912346,
+                "mean_p_tumor": round((0.5 + 0.912345678 + 0.6) / 3, 6),
             },
         },
     }
@@ -72,6 +72,7 @@ def test_two_regions_with_every_property() -> None:
     assert first["properties"]["classification"] is not TUMOR_CLASS  # a copy per feature
     assert feature_collection(features) == {"type": "FeatureCollection", "features": features}
     assert tumor_features(probs, 0.95, plan()) == []
+    assert round(3 * cell_mm2, 6) != round(3 * cell_mm2, 7)  # the rounding shows
 
 
 def test_nan_tiles_are_never_tumour_even_at_threshold_zero() -> None:
