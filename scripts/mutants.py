@@ -98,6 +98,30 @@ NAMES = (("x_", ""), ("xǁ", "ǁ*"))  # a function's mutants; a class's methods'
 # server (which only imports) rather than from the process that ran the tests
 FORKSERVER = ("serve/", "predict", "models/", "evaluate")
 
+# a part of a module run with fewer tests: the tests that call these functions directly (a
+# function not named here keeps the module's whole selection)
+FUNCTION_TESTS: dict[str, dict[str, list[str]]] = {
+    "evaluate": {
+        **{
+            f: [
+                "tests/test_evaluate.py::test_metrics_agree_with_sklearn",
+                "tests/test_evaluate.py::test_metrics_on_a_hand_made_list",
+                "tests/test_evaluate.py::test_ece_is_zero_when_calibrated_and_large_when_not",
+                "tests/test_evaluate_mutants.py::test_bootstrap_by_hand_with_one_class_draws",
+                "tests/test_evaluate_mutants.py::test_ece_by_hand",
+            ]
+            for f in ("bootstrap_auc_ci", "expected_calibration_error", "compute_metrics")
+        },
+        "reliability_bins": ["tests/test_evaluate_mutants.py::test_reliability_bins_by_hand"],
+        "split_seen": ["tests/test_evaluate_mutants.py::test_split_seen_cases"],
+        "threshold_fit_overlap": [
+            "tests/test_evaluate_errors.py::"
+            "test_a_fitted_threshold_rule_says_how_many_evaluated_patches_it_was_fitted_on"
+        ],
+        "write_plots": ["tests/test_evaluate_mutants.py::test_evaluate_model_by_hand"],
+    },
+}
+
 # (what a user would meet, file, exact line text, replacement, tests that must fail)
 PLANTED = [
     (
@@ -212,7 +236,11 @@ def run_module(module: str, work: Path, functions: list[str] | None = None) -> d
     part = f"-{'-'.join(functions)[:60]}" if functions else ""
     folder = work / f"{module.replace('/', '-')}{part}"
     copy_project(folder)
-    (folder / "pyproject.toml").write_text(mutmut_config(module, MODULES[module]))
+    tests = MODULES[module]
+    named = FUNCTION_TESTS.get(module, {})
+    if functions and all(f in named for f in functions):
+        tests = list(dict.fromkeys(t for f in functions for t in named[f]))
+    (folder / "pyproject.toml").write_text(mutmut_config(module, tests))
     mutmut = str(Path(PY).with_name("mutmut"))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # mutmut sets the path
     dotted = "histoscan." + module.replace("/", ".")
