@@ -109,6 +109,8 @@ FUNCTION_TESTS: dict[str, dict[str, list[str]]] = {
                 "tests/test_evaluate.py::test_ece_is_zero_when_calibrated_and_large_when_not",
                 "tests/test_evaluate_mutants.py::test_bootstrap_by_hand_with_one_class_draws",
                 "tests/test_evaluate_mutants.py::test_ece_by_hand",
+                "tests/test_evaluate_mutants.py::test_compute_metrics_every_key_by_hand",
+                "tests/test_evaluate_mutants.py::test_compute_metrics_when_a_class_or_a_call_is_missing",
             ]
             for f in ("bootstrap_auc_ci", "expected_calibration_error", "compute_metrics")
         },

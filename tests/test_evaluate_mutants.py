@@ -22,6 +22,7 @@ from histoscan.data.sources import PatchSource
 from histoscan.errors import DataError, HistoscanError
 from histoscan.evaluate import (
     bootstrap_auc_ci,
+    compute_metrics,
     evaluate_model,
     expected_calibration_error,
     reliability_bins,
@@ -465,3 +466,47 @@ def test_ece_by_hand() -> None:
     two = 0.4 * abs(0.5 - 0.15) + 0.6 * abs(2 / 3 - 2.6 / 3)
     assert expected_calibration_error(labels, probs, bins=2) == pytest.approx(two)
     assert hand_ece(labels, probs, 15) == pytest.approx(np.mean(np.abs(labels - probs)))
+
+
+def test_compute_metrics_every_key_by_hand() -> None:
+    labels = np.array([1, 1, 1, 0, 0, 0, 0, 1, 0, 1])
+    probs = np.array([0.9, 0.7, 0.3, 0.6, 0.1, 0.2, 0.0, 1.0, 0.45, 0.45])
+    m = compute_metrics(labels, probs, threshold=0.45, n_boot=40, seed=3)
+    # at 0.45 (a score equal to it counts as tumour): TP 0.9 0.7 1.0 0.45; FN 0.3;
+    # FP 0.6 0.45; TN 0.1 0.2 0.0
+    assert m["confusion"] == [[3, 2], [1, 4]]
+    assert (m["n"], m["positives"], m["threshold"]) == (10, 5, 0.45)
+    assert m["accuracy"] == pytest.approx(0.7)
+    assert (m["sensitivity"], m["specificity"]) == (pytest.approx(0.8), pytest.approx(0.6))
+    assert m["precision"] == pytest.approx(4 / 6)
+    assert m["f1"] == pytest.approx(2 * (4 / 6) * 0.8 / (4 / 6 + 0.8))
+    p = np.clip(probs, 1e-7, 1 - 1e-7)  # 0 and 1 would make the log loss infinite
+    nll = -np.mean(labels * np.log(p) + (1 - labels) * np.log(1 - p))
+    assert m["nll"] == pytest.approx(nll) and np.isfinite(m["nll"])
+    assert m["brier"] == pytest.approx(np.mean((p - labels) ** 2))
+    assert m["ece"] == pytest.approx(hand_ece(labels, p, 15))
+    assert m["roc_auc"] == pytest.approx(auc_by_pairs(labels, probs))
+    assert m["roc_auc_ci95"] == pytest.approx(list(hand_bootstrap(labels, p, 40, 3, 0.95)))
+    assert set(m) == {
+        "n", "positives", "threshold", "roc_auc", "roc_auc_ci95", "accuracy", "sensitivity",
+        "specificity", "precision", "f1", "nll", "brier", "ece", "confusion",
+    }  # fmt: skip
+    defaults = compute_metrics(labels, probs, n_boot=30)
+    assert defaults["threshold"] == 0.5
+    assert defaults["roc_auc_ci95"] == pytest.approx(list(hand_bootstrap(labels, p, 30, 0, 0.95)))
+
+
+def test_compute_metrics_when_a_class_or_a_call_is_missing() -> None:
+    none_called = compute_metrics([1, 0, 1, 0], [0.1, 0.2, 0.3, 0.05], threshold=0.5, n_boot=5)
+    assert np.isnan(none_called["precision"]) and none_called["f1"] == 0.0
+    assert none_called["sensitivity"] == 0.0 and none_called["specificity"] == 1.0
+    only_tumour = compute_metrics([1, 1, 1], [0.9, 0.2, 0.6], threshold=0.5, n_boot=5)
+    assert np.isnan(only_tumour["roc_auc"]) and only_tumour["roc_auc_ci95"] == [None, None]
+    assert np.isnan(only_tumour["specificity"])
+    assert only_tumour["sensitivity"] == pytest.approx(2 / 3)
+    assert only_tumour["confusion"] == [[0, 0], [1, 2]]
+    only_normal = compute_metrics([0, 0], [0.9, 0.2], threshold=0.5, n_boot=5)
+    assert np.isnan(only_normal["sensitivity"]) and only_normal["f1"] == 0.0
+    assert only_normal["confusion"] == [[1, 1], [0, 0]]
+    with pytest.raises(DataError, match=r"^no labelled patches to evaluate$"):
+        compute_metrics([], [], n_boot=5)
