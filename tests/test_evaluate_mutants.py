@@ -452,6 +452,9 @@ def test_reliability_bins_by_hand() -> None:
     assert counts.tolist() == [2, 2, 1, 2]
     centres, _, counts = reliability_bins(labels, probs, bins=2)
     assert counts.tolist() == [4, 3]
+    # 0.12 and 0.19 share the tenth [0.1, 0.2): ten bins by default
+    _, _, counts = reliability_bins(np.array([1, 0]), np.array([0.12, 0.19]))
+    assert counts.tolist() == [2]
 
 
 def test_ece_by_hand() -> None:
@@ -466,6 +469,10 @@ def test_ece_by_hand() -> None:
     two = 0.4 * abs(0.5 - 0.15) + 0.6 * abs(2 / 3 - 2.6 / 3)
     assert expected_calibration_error(labels, probs, bins=2) == pytest.approx(two)
     assert hand_ece(labels, probs, 15) == pytest.approx(np.mean(np.abs(labels - probs)))
+    # 0.47 and 0.52 share the 15-bin [7/15, 8/15) but not a 16-bin: 15 is the default
+    assert expected_calibration_error(np.array([1, 0]), np.array([0.47, 0.52])) == pytest.approx(
+        abs(0.5 - 0.495)
+    )
 
 
 def test_compute_metrics_every_key_by_hand() -> None:
@@ -508,5 +515,12 @@ def test_compute_metrics_when_a_class_or_a_call_is_missing() -> None:
     only_normal = compute_metrics([0, 0], [0.9, 0.2], threshold=0.5, n_boot=5)
     assert np.isnan(only_normal["sensitivity"]) and only_normal["f1"] == 0.0
     assert only_normal["confusion"] == [[1, 1], [0, 0]]
+    assert only_normal["specificity"] == 0.5  # tn == fp: still a number
+    all_called = compute_metrics([1, 1], [0.9, 0.8], n_boot=5)
+    assert all_called["confusion"] == [[0, 0], [0, 2]]  # a 2x2 matrix even with one class
+    sure_and_wrong = compute_metrics([1, 0, 1, 0], [0.0, 1.0, 0.8, 0.3], n_boot=5)
+    p = np.array([1e-7, 1 - 1e-7, 0.8, 0.3])  # certainties clipped to 1e-7 before the log
+    y = np.array([1, 0, 1, 0])
+    assert sure_and_wrong["nll"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     with pytest.raises(DataError, match=r"^no labelled patches to evaluate$"):
         compute_metrics([], [], n_boot=5)
