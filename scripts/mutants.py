@@ -52,7 +52,7 @@ MODULES: dict[str, list[str]] = {
     "calibration": ["tests/test_calibration.py"],
     # the CLI tests take 30 s each (evaluate_model runs on a hand-made graph here instead), and the
     # 2,000-draw width test adds nothing on the mutants that test_evaluate_mutants' hand-written
-    # bootstrap does not catch (it still catches the planted 90 % interval: --planted)
+    # bootstrap does not catch (--planted still runs it against the planted 90 % interval)
     "evaluate": [
         "tests/test_evaluate_mutants.py",
         "tests/test_evaluate_errors.py",
