@@ -85,3 +85,22 @@ def write_labels(path: Path, rows: list[tuple[str, object]]) -> None:
         writer = csv.writer(fh)
         writer.writerow(["id", "label"])
         writer.writerows(rows)
+
+
+def subset_source(source, indices):  # type: ignore[no-untyped-def]
+    """The patches at ``indices`` of ``source`` as a source of their own, as a folder of just
+    them would be."""
+    from histoscan.data.sources import PatchSource
+
+    idx = np.asarray(indices, dtype=np.int64)
+
+    class Subset(PatchSource):
+        kind = "subset"
+
+        def read_raw(self, i: int) -> np.ndarray:
+            return source.read_raw(int(idx[i]))
+
+        def locate(self, i: int) -> str:
+            return source.locate(int(idx[i]))
+
+    return Subset(source.root, [source.ids[i] for i in idx], source.labels[idx])

@@ -15,6 +15,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
+from helpers import subset_source
 from histoscan.cli import app
 from histoscan.data.sources import open_source
 from histoscan.predict import Predictor
@@ -126,28 +127,12 @@ def test_evaluate_and_report_give_identical_numbers(real_root: Path, tmp_path: P
     val = set(predictor.model_file.card["val_ids"])
     # the report evaluates the validation ids it finds; give it 120 of them and nothing else
     idx = np.array([i for i, k in enumerate(source.ids) if k in val][:120])
-    sub = _subset(source, idx)
+    sub = subset_source(source, idx)
     evaluated = evaluate_model(predictor, sub, None, tmp_path / "ev", tta="d4", progress=False)
     reported = collect(predictor, sub, None, "d4", progress=False)
     assert reported.inference == evaluated["inference"]
     for key, value in evaluated["calibrated"].items():
         assert reported.metrics[key] == value, key
-
-
-def _subset(source, idx):  # type: ignore[no-untyped-def]
-    """A source holding only some patches of another, as a user's folder would."""
-    from histoscan.data.sources import PatchSource
-
-    class Subset(PatchSource):
-        kind = "subset"
-
-        def read_raw(self, i: int) -> np.ndarray:
-            return source.read_raw(int(idx[i]))
-
-        def locate(self, i: int) -> str:
-            return source.locate(int(idx[i]))
-
-    return Subset(source.root, [source.ids[i] for i in idx], source.labels[idx])
 
 
 def test_the_default_path_runs_without_torch(val_patches, tmp_path: Path) -> None:

@@ -229,7 +229,7 @@ class Predictor:
     # --- running it --------------------------------------------------------------------------
     def infer(self, images: np.ndarray, tta: str = "d4", features: bool = False) -> Inference:
         """Logits of every TTA view (N, V) and, when asked, identity-view features (N, D)."""
-        parts = list(self._batches(_check_images(images), tta, features))
+        parts = list(self._batches(check_images(images), tta, features))
         return _concat(parts, len(tta_views(tta)))
 
     def _batches(self, images: np.ndarray, tta: str, features: bool) -> Iterator[Inference]:
@@ -334,7 +334,8 @@ def _check_sibling(graph: Path, source: Path, card: dict[str, Any]) -> None:
         )
 
 
-def _check_images(images: np.ndarray) -> np.ndarray:
+def check_images(images: np.ndarray) -> np.ndarray:
+    """Raise DataError unless ``images`` is uint8 (N, H, W, 3); return it as an array."""
     images = np.asarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
         raise DataError(f"expected uint8 patches (N, H, W, 3), got {images.dtype} {images.shape}")

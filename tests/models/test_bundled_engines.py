@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from helpers import subset_source
 from histoscan.data.sources import open_source
 from histoscan.models.modelfile import load_model_file
 from histoscan.predict import Predictor
@@ -81,26 +82,10 @@ def test_the_explain_and_report_paths_score_as_predict_does(engine, real_root, h
     _, probs, labels, _, _ = choose_patches(predictor, source, val_ids, n=1, tta="none")
     np.testing.assert_allclose(probs, scores[engine], atol=1e-9)
     assert roc_auc_score(labels, probs) >= 0.95
-    subset = picked(source, val_ids)
+    position = {key: i for i, key in enumerate(source.ids)}
+    subset = subset_source(source, [position[k] for k in val_ids])
     pred = predict_once(predictor, subset, None, "none", progress=False)
     np.testing.assert_allclose(
         1 / (1 + np.exp(-pred.logits_eval / predictor.temperature)), scores[engine], atol=1e-9
     )
     assert pred.features.shape == (N_PATCHES, 512) and np.isfinite(pred.features).all()
-
-
-def picked(source, ids):  # type: ignore[no-untyped-def]
-    """The patches ``ids`` of ``source``, as a folder of just them would be."""
-    from histoscan.data.sources import PatchSource
-
-    position = {key: i for i, key in enumerate(source.ids)}
-    idx = np.array([position[k] for k in ids])
-
-    class Picked(PatchSource):
-        def read_raw(self, i: int) -> np.ndarray:
-            return source.read_raw(int(idx[i]))
-
-        def locate(self, i: int) -> str:
-            return source.locate(int(idx[i]))
-
-    return Picked(source.root, list(ids), source.labels[idx])

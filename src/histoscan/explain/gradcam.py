@@ -13,8 +13,9 @@ import functools
 
 import numpy as np
 
-from histoscan.errors import DataError, ModelError
+from histoscan.errors import ModelError
 from histoscan.models.modelfile import ModelFile
+from histoscan.predict import check_images
 
 CENTRE_PX = 32  # the PCam label refers to the centre 32x32 pixels of a 96x96 patch
 
@@ -23,14 +24,6 @@ def centre_box(size_px: int, centre_px: int = CENTRE_PX) -> tuple[int, int]:
     """First and one-past-last pixel of the centre region along one axis."""
     lo = (size_px - centre_px) // 2
     return lo, lo + centre_px
-
-
-def check_images(images: np.ndarray) -> np.ndarray:
-    """Raise DataError unless ``images`` is uint8 (N, H, W, 3); return it as an array."""
-    images = np.asarray(images)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] != 3:
-        raise DataError(f"expected uint8 patches (N, H, W, 3), got {images.dtype} {images.shape}")
-    return images
 
 
 class GradCAM:
