@@ -15,6 +15,7 @@ from pathlib import Path
 import matplotlib
 import numpy as np
 import pytest
+from PIL import Image
 from sklearn.metrics import average_precision_score, roc_curve
 
 from handmade_onnx import expected_logits, small_meta, weight_map, write_graph
@@ -27,6 +28,7 @@ from histoscan.evaluate import (
     expected_calibration_error,
     reliability_bins,
     split_seen,
+    write_misclassified,
 )
 from histoscan.predict import Predictor
 
@@ -190,6 +192,11 @@ def test_evaluate_model_by_hand(setup, tmp_path: Path, monkeypatch: pytest.Monke
     assert metrics["calibrated"]["confusion"] != metrics["uncalibrated"]["confusion"] or (
         metrics["calibrated"]["brier"] != metrics["uncalibrated"]["brier"]
     )
+    # the caller's 200 draws, not the default 1,000 (temperature keeps the order: same interval)
+    interval = hand_bootstrap(LABELS, z, 200, 0, 0.95)
+    assert interval != pytest.approx(hand_bootstrap(LABELS, z, 1000, 0, 0.95))
+    for name in ("calibrated", "uncalibrated"):
+        assert metrics[name]["roc_auc_ci95"] == pytest.approx(interval)
 
     with open(out / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
@@ -524,3 +531,56 @@ def test_compute_metrics_when_a_class_or_a_call_is_missing() -> None:
     assert sure_and_wrong["nll"] == pytest.approx(-np.mean(y * np.log(p) + (1 - y) * np.log(1 - p)))
     with pytest.raises(DataError, match=r"^no labelled patches to evaluate$"):
         compute_metrics([], [], n_boot=5)
+
+
+class Named(Memory):
+    """A memory source whose ids are given (PCam-style ids hold a slash)."""
+
+    def __init__(self, root: Path, ids: list[str], images: np.ndarray, labels: np.ndarray) -> None:
+        PatchSource.__init__(self, root, ids, labels)
+        self.images = images
+
+
+def test_misclassified_csv_and_pictures_exactly(tmp_path: Path) -> None:
+    ids = ["train/12", "a b", "ok-1.x_Y", "n3", "n4", "n5"]
+    images = make_images(6)
+    labels = np.array([0, 1, 0, 1, 0, 1])
+    # at 0.5: n0 FP (0.40 from the threshold), "a b" FN (0.30), "ok-1.x_Y" sits exactly on the
+    # threshold (called tumour, so FP), n3 right, n4 right, n5 FN (0.05)
+    probs = np.array([0.9, 0.2, 0.5, 0.75, 0.1, 0.45])
+    source = Named(tmp_path / "data", ids, images, labels)
+    picked = np.arange(6)
+    n = write_misclassified(tmp_path / "err", source, picked, labels, probs, 0.5, max_images=2)
+    assert n == 4
+    text = (tmp_path / "err" / "misclassified.csv").read_bytes().decode()
+    assert text == (
+        "id,label,p_tumor,prediction,kind,image\n"
+        "train/12,0,0.900000,1,FP,001_FP_train_12.png\n"
+        "a b,1,0.200000,0,FN,002_FN_a_b.png\n"
+        "n5,1,0.450000,0,FN,\n"
+        "ok-1.x_Y,0,0.500000,1,FP,\n"
+    )
+    assert sorted(p.name for p in (tmp_path / "err").iterdir()) == [
+        "001_FP_train_12.png",
+        "002_FN_a_b.png",
+        "misclassified.csv",
+    ]
+    for name, j in (("001_FP_train_12.png", 0), ("002_FN_a_b.png", 1)):
+        big = np.asarray(Image.open(tmp_path / "err" / name))
+        assert big.shape == (192, 192, 3)
+        for dy in (0, 1):
+            for dx in (0, 1):
+                assert (big[dy::2, dx::2] == images[j]).all()
+
+
+def test_misclassified_pictures_stop_at_200_by_default(tmp_path: Path) -> None:
+    n = 203
+    images = np.full((n, 96, 96, 3), 128, np.uint8)
+    labels = np.zeros(n, np.int64)
+    probs = np.linspace(0.99, 0.6, n)  # every one a false call, surest first already
+    source = Named(tmp_path / "data", [f"q{i}" for i in range(n)], images, labels)
+    assert write_misclassified(tmp_path / "err", source, np.arange(n), labels, probs, 0.5) == n
+    with open(tmp_path / "err" / "misclassified.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["image"] for r in rows[198:]] == ["199_FP_q198.png", "200_FP_q199.png", "", "", ""]
+    assert len(list((tmp_path / "err").glob("*.png"))) == 200
