@@ -286,3 +286,17 @@ def test_progress_moves_per_batch_and_decoding_overlaps(monkeypatch: pytest.Monk
     got = predictor.logits_source(source, "none", progress=True)
     assert advances == [3, 3, 3, 2]  # one read of up to 12 patches, scored 3 at a time
     np.testing.assert_allclose(got, normalised_red(images).mean(axis=(1, 2)), atol=1e-5)
+
+
+def test_torch_engine_makes_the_views_on_its_device_as_numpy_does(untrained_model_file) -> None:
+    from histoscan.data.views import dihedral_hwc
+    from histoscan.models.modelfile import load_model_file
+
+    engine = TorchEngine(load_model_file(untrained_model_file).inference_net(), "cpu", "fp32")
+    images = rng_patches(5, seed=3)
+    logits, feats = engine.run_views(images, [0, 2, 5, 7], features=True)
+    assert logits.shape == (5, 4) and logits.dtype == np.float64
+    for j, k in enumerate((0, 2, 5, 7)):
+        np.testing.assert_allclose(logits[:, j], engine.run(dihedral_hwc(images, k))[0], atol=1e-5)
+    np.testing.assert_allclose(feats, engine.run(images, features=True)[1], atol=1e-5)
+    assert engine.run_views(images, [3])[1].shape == (5, 0)

@@ -25,7 +25,7 @@ import numpy as np
 
 from histoscan.calibration import resolve_threshold, sigmoid
 from histoscan.data.sources import PatchSource
-from histoscan.data.views import dihedral_hwc, tta_views
+from histoscan.data.views import tta_views
 from histoscan.errors import DataError, ModelError
 from histoscan.io import atomic_write
 from histoscan.models.engines import ENGINES, Engine, OnnxEngine, resolve_device
@@ -236,13 +236,7 @@ class Predictor:
         views = tta_views(tta)
         for start in range(0, len(images), self.batch_size):
             batch = np.ascontiguousarray(images[start : start + self.batch_size], dtype=np.uint8)
-            logits = np.empty((len(batch), len(views)), dtype=np.float64)
-            feats = np.zeros((len(batch), 0), dtype=np.float32)
-            for j, k in enumerate(views):
-                view = dihedral_hwc(batch, k) if k else batch
-                logits[:, j], out = self.engine.run(view, features=features and j == 0)
-                if j == 0:
-                    feats = out
+            logits, feats = self.engine.run_views(batch, views, features)
             yield Inference(logits=logits, features=feats)
 
     def logits(self, images: np.ndarray, tta: str = "d4") -> np.ndarray:

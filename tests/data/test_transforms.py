@@ -95,3 +95,22 @@ def test_hue_rotation_keeps_grey_and_a_full_turn_is_identity() -> None:
     assert torch.allclose(turned, grey, atol=1e-6)
     x = torch.rand(2, 3, 4, 4)
     assert torch.allclose(Augment._hue_rotate(x, torch.tensor([1.0, 0.0])), x, atol=1e-5)
+
+
+@pytest.mark.parametrize("k", range(8))
+def test_rgb_views_whole_pixels_strided_input_and_torch_on_hwc(k: int) -> None:
+    """Three channels that differ stay together: the fast whole-pixel copy of a contiguous batch,
+    the byte copy of a strided one and torch's views on (N, H, W, 3) all give the written view."""
+    rgb = np.stack([GRID[..., 0], GRID[..., 0] + 10, GRID[..., 0] + 20], axis=-1).astype(np.uint8)
+    rgb = np.concatenate([rgb, rgb + 100])  # (2, 3, 3, 3): two patches
+    expected = np.array(BY_HAND[k])
+    strided = np.ascontiguousarray(rgb[..., ::-1])[..., ::-1]  # same pixels, not contiguous
+    assert not strided.flags.c_contiguous
+    for images in (rgb, strided):
+        out = dihedral_hwc(images, k)
+        assert out.dtype == np.uint8 and out.shape == (2, 3, 3, 3) and out.flags.c_contiguous
+        for n, base in enumerate((0, 100)):
+            for c in range(3):
+                assert out[n, :, :, c].tolist() == (expected + base + 10 * c).tolist()
+    hwc = dihedral(torch.from_numpy(rgb), k, dims=(1, 2)).numpy()
+    np.testing.assert_array_equal(hwc, dihedral_hwc(rgb, k))

@@ -50,6 +50,22 @@ def cpuinfo(siblings: int, cores: int, cpus: int = 2, flags: str = "fpu sse2") -
     )
 
 
+def test_onnx_engine_runs_each_view_by_hand() -> None:
+    engine = OnnxEngine(weighted_sum_graph(small_meta(), W, 7.0, -0.5), "onnx", "fp32", threads=1)
+    images = patches(3, seed=4)
+    # out[i][j] = in[W-1-j][i] (three quarter turns) and in[j][i] (mirror + quarter: transpose)
+    turned = {0: images, 3: images[:, ::-1].swapaxes(1, 2), 5: images.swapaxes(1, 2)}
+    logits, feats = engine.run_views(images, [0, 3, 5], features=True)
+    assert logits.dtype == np.float64 and logits.shape == (3, 3)
+    for j, k in enumerate((0, 3, 5)):
+        expected = expected_logits(turned[k], W, 7.0, -0.5)
+        np.testing.assert_allclose(logits[:, j], expected, atol=1e-4)
+    np.testing.assert_allclose(feats, expected_features(images, W), atol=1e-4)
+    logits, feats = engine.run_views(images, [5, 0])
+    assert feats.shape == (3, 0) and feats.dtype == np.float32
+    np.testing.assert_allclose(logits[:, 0], expected_logits(turned[5], W, 7.0, -0.5), atol=1e-4)
+
+
 def test_onnx_engine_logits_and_features_by_hand() -> None:
     engine = OnnxEngine(weighted_sum_graph(small_meta(), W, 7.0, -0.5), "onnx", "fp32", threads=1)
     assert (engine.name, engine.precision, engine.device) == ("onnx", "fp32", "cpu")

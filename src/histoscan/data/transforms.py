@@ -21,14 +21,15 @@ RGB_FROM_HED = RGB_FROM_HED / RGB_FROM_HED.norm(dim=1, keepdim=True)
 HED_FROM_RGB = torch.linalg.inv(RGB_FROM_HED)
 
 
-def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th of the 8 dihedral transforms (k in 0..7) on the last two (square) dimensions.
+def dihedral(x: torch.Tensor, k: int, dims: tuple[int, int] = (-2, -1)) -> torch.Tensor:
+    """The k-th of the 8 dihedral transforms (k in 0..7) on two square dimensions (H, W).
 
-    The same views as ``histoscan.data.views.dihedral_hwc`` on (N, H, W, 3) arrays.
+    The same views as ``histoscan.data.views.dihedral_hwc``, which is ``dims=(1, 2)`` on
+    (N, H, W, 3) patches.
     """
     if k >= 4:
-        x = x.flip(-1)
-    return torch.rot90(x, k % 4, dims=(-2, -1))
+        x = x.flip(dims[1])
+    return torch.rot90(x, k % 4, dims=dims)
 
 
 def random_dihedral(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -20,6 +20,7 @@ from typing import Protocol
 
 import numpy as np
 
+from histoscan.data.views import dihedral_hwc
 from histoscan.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,26 @@ class Engine(Protocol):
         ``images`` are uint8 (B, H, W, 3).
         """
         ...
+
+    def run_views(
+        self, images: np.ndarray, views: list[int], features: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Logits of each dihedral view (B, V) float64 and the first view's features (B, D)."""
+        ...
+
+
+def views_on_host(
+    engine: Engine, images: np.ndarray, views: list[int], features: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
+    """``run_views`` with each view made in numpy, then run (the ONNX engines: all on the CPU)."""
+    logits = np.empty((len(images), len(views)), dtype=np.float64)
+    feats = np.zeros((len(images), 0), dtype=np.float32)
+    for j, k in enumerate(views):
+        view = dihedral_hwc(images, k) if k else images
+        logits[:, j], out = engine.run(view, features=features and j == 0)
+        if j == 0:
+            feats = out
+    return logits, feats
 
 
 @functools.cache
@@ -136,6 +157,11 @@ class OnnxEngine:
             )
         (logits,) = self.session.run([self._logits], {"images": images})
         return logits.astype(np.float64), np.zeros((len(images), 0), dtype=np.float32)
+
+    def run_views(
+        self, images: np.ndarray, views: list[int], features: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        return views_on_host(self, images, views, features)
 
 
 def onnx_session_meta(engine: OnnxEngine) -> dict[str, str]:

@@ -7,6 +7,7 @@ import contextlib
 import numpy as np
 import torch
 
+from histoscan.data.transforms import dihedral
 from histoscan.errors import ModelError
 from histoscan.models.bundle import InferenceNet
 from histoscan.models.engines import cpu_has_bf16
@@ -63,3 +64,23 @@ class TorchEngine:
                 logits = self.net(x)  # (B,)
                 out = np.zeros((len(images), 0), dtype=np.float32)
         return logits.double().cpu().numpy(), out
+
+    @torch.inference_mode()
+    def run_views(
+        self, images: np.ndarray, views: list[int], features: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Each dihedral view made on the device from one copy of the batch: on a GPU the views
+        cost nothing, where moving eight numpy copies over dominated d4 (1,722 img/s on an H200
+        against 63,693 without TTA)."""
+        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self._device)
+        logits = torch.empty(len(images), len(views), dtype=torch.float64, device=self._device)
+        out = np.zeros((len(images), 0), dtype=np.float32)
+        with self._autocast():
+            for j, k in enumerate(views):
+                view = dihedral(x, k, dims=(1, 2)) if k else x
+                if features and j == 0:
+                    logits[:, j], feats = self.net.forward_with_features(view)
+                    out = feats.float().cpu().numpy()
+                else:
+                    logits[:, j] = self.net(view)
+        return logits.cpu().numpy(), out
