@@ -92,7 +92,8 @@ MODULES: dict[str, list[str]] = {
     "slide/geojson": ["tests/slide/test_geojson_mutants.py", "tests/slide/test_slide_geometry.py"],
 }
 
-NAMES = (("x_", ""), ("xǁ", "ǁ*"))  # a function's mutants; a class's methods' mutants
+# a function's mutants; a class's methods' mutants; a method's mutants (by its name alone)
+NAMES = (("x_", ""), ("xǁ", "ǁ*"), ("xǁ*ǁ", ""))
 
 # torch, onnxruntime and a TestClient start threads: fork each mutant from mutmut's clean fork
 # server (which only imports) rather than from the process that ran the tests
