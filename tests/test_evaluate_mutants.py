@@ -331,9 +331,10 @@ def test_a_subset_with_training_patches_leaves_them_out(
         result = evaluate_model(
             predictor, source, idx, tmp_path / "e", tta="none", progress=False, n_boot=50
         )
-    assert "warning: 2 of 6 patches were used to train this model; evaluating the 4 held-out" in (
-        caplog.text
-    )
+    assert caplog.messages == [
+        "warning: 2 of 6 patches were used to train this model; evaluating the 4 held-out "
+        "patches only"
+    ]
     assert result["indices"].tolist() == [1, 2, 3, 6]
     assert result["n_seen_in_training"] == 2 and result["n_evaluated"] == 4
     assert result["tta"] == "none"
@@ -353,9 +354,9 @@ def test_split_seen_cases(setup, caplog: pytest.LogCaptureFixture) -> None:  # t
     with caplog.at_level(logging.WARNING):
         kept, n = split_seen(predictor, source, idx)
     assert kept.tolist() == [0, 4, 7] and n == 3
-    assert "warning: all 3 patches were used to train this model; metrics will be optimistic" in (
-        caplog.text
-    )
+    assert caplog.messages == [
+        "warning: all 3 patches were used to train this model; metrics will be optimistic"
+    ]
 
 
 def test_a_fitted_rule_counts_the_validation_patches_it_saw(
@@ -368,9 +369,10 @@ def test_a_fitted_rule_counts_the_validation_patches_it_saw(
         )
     assert result["n_evaluated_in_threshold_fit"] == 3
     assert result["threshold_rule"] == " Youden "
-    assert (
-        "warning: the youden threshold was fitted on 3 of the 12 evaluated patches" in caplog.text
-    )
+    assert caplog.messages == [
+        "warning: the youden threshold was fitted on 3 of the 12 evaluated patches (the model's "
+        "validation split); sensitivity and specificity at it are optimistic"
+    ]
     expected = predictor.threshold("youden")
     assert result["calibrated"]["threshold"] == expected != 0.4
 
@@ -542,10 +544,10 @@ class Named(Memory):
 
 
 def test_misclassified_csv_and_pictures_exactly(tmp_path: Path) -> None:
-    ids = ["train/12", "a b", "ok-1.x_Y", "n3", "n4", "n5"]
+    ids = ["train/12", "A b", "ok-1.x_Y", "n3", "n4", "n5"]
     images = make_images(6)
     labels = np.array([0, 1, 0, 1, 0, 1])
-    # at 0.5: n0 FP (0.40 from the threshold), "a b" FN (0.30), "ok-1.x_Y" sits exactly on the
+    # at 0.5: n0 FP (0.40 from the threshold), "A b" FN (0.30), "ok-1.x_Y" sits exactly on the
     # threshold (called tumour, so FP), n3 right, n4 right, n5 FN (0.05)
     probs = np.array([0.9, 0.2, 0.5, 0.75, 0.1, 0.45])
     source = Named(tmp_path / "data", ids, images, labels)
@@ -556,16 +558,16 @@ def test_misclassified_csv_and_pictures_exactly(tmp_path: Path) -> None:
     assert text == (
         "id,label,p_tumor,prediction,kind,image\n"
         "train/12,0,0.900000,1,FP,001_FP_train_12.png\n"
-        "a b,1,0.200000,0,FN,002_FN_a_b.png\n"
+        "A b,1,0.200000,0,FN,002_FN_A_b.png\n"
         "n5,1,0.450000,0,FN,\n"
         "ok-1.x_Y,0,0.500000,1,FP,\n"
     )
     assert sorted(p.name for p in (tmp_path / "err").iterdir()) == [
         "001_FP_train_12.png",
-        "002_FN_a_b.png",
+        "002_FN_A_b.png",
         "misclassified.csv",
     ]
-    for name, j in (("001_FP_train_12.png", 0), ("002_FN_a_b.png", 1)):
+    for name, j in (("001_FP_train_12.png", 0), ("002_FN_A_b.png", 1)):
         big = np.asarray(Image.open(tmp_path / "err" / name))
         assert big.shape == (192, 192, 3)
         for dy in (0, 1):
@@ -584,3 +586,26 @@ def test_misclassified_pictures_stop_at_200_by_default(tmp_path: Path) -> None:
         rows = list(csv.DictReader(fh))
     assert [r["image"] for r in rows[198:]] == ["199_FP_q198.png", "200_FP_q199.png", "", "", ""]
     assert len(list((tmp_path / "err").glob("*.png"))) == 200
+
+
+def test_the_bar_is_labelled_evaluate_and_the_folder_is_marked(
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:  # type: ignore[no-untyped-def]
+    predictor, source, _ = setup
+    calls = []
+    real = predictor.logits_source
+
+    def recording(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append((args[3:], kwargs))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predictor, "logits_source", recording)
+    out = tmp_path / "e"
+    evaluate_model(predictor, source, None, out, "none", n_boot=10)  # progress by default
+    evaluate_model(predictor, source, None, tmp_path / "q", "none", progress=False, n_boot=10)
+    assert calls == [((True,), {"label": "evaluate"}), ((False,), {"label": "evaluate"})]
+    marker = json.loads((out / ".histoscan").read_text())
+    assert (marker["made_by"], marker["what"]) == ("histoscan", "evaluate")
+    text = (out / "metrics.json").read_text()
+    assert text == json.dumps(json.loads(text), indent=2)  # indented for a person to read
+    assert text.startswith('{\n  "model": "hand96",\n')
