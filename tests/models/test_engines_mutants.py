@@ -124,6 +124,8 @@ def test_session_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         assert options.inter_op_num_threads == 1
         assert options.execution_mode == ort.ExecutionMode.ORT_SEQUENTIAL
         assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # no spin-waiting: the decoding thread needs these cores between runs
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
 def test_a_graph_from_a_path_and_its_metadata(tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -55,11 +55,11 @@ def dihedral_hwc(images: np.ndarray, k: int) -> np.ndarray:
     """
     if not 0 <= k < 8:
         raise ValueError(f"dihedral view {k} not in 0..7")
-    if images.flags.c_contiguous and images.ndim == 4:
-        n, c = images.shape[0], images.shape[3]
+    if images.flags.c_contiguous:
+        c = images.shape[-1]
         pixels = images.view(np.dtype((np.void, c * images.itemsize)))[..., 0]  # (N, H, W)
-        moved = _dihedral(pixels, k)
-        return moved.view(images.dtype).reshape(n, *moved.shape[1:3], c)
+        moved = _dihedral(pixels, k)  # (N, W, H) after an odd number of quarter turns
+        return moved.view(images.dtype).reshape(*moved.shape, c)
     return _dihedral(images, k)
 
 

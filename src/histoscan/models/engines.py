@@ -53,14 +53,11 @@ def views_on_host(
     engine: Engine, images: np.ndarray, views: list[int], features: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
     """``run_views`` with each view made in numpy, then run (the ONNX engines: all on the CPU)."""
-    logits = np.empty((len(images), len(views)), dtype=np.float64)
-    feats = np.zeros((len(images), 0), dtype=np.float32)
-    for j, k in enumerate(views):
-        view = dihedral_hwc(images, k) if k else images
-        logits[:, j], out = engine.run(view, features=features and j == 0)
-        if j == 0:
-            feats = out
-    return logits, feats
+    runs = [
+        engine.run(dihedral_hwc(images, k), features=features and j == 0)  # view 0: no copy
+        for j, k in enumerate(views)
+    ]
+    return np.stack([logits for logits, _ in runs], axis=1), runs[0][1]
 
 
 @functools.cache
