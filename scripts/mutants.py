@@ -44,6 +44,10 @@ MODULES: dict[str, list[str]] = {
         "tests/test_predict.py::test_progress_moves_per_batch_and_decoding_overlaps",
     ],
     "models/engines": ["tests/models/test_engines_mutants.py"],
+    "models/torch_engine": [
+        "tests/models/test_torch_engine_mutants.py",
+        "tests/test_predict.py::test_torch_engine_makes_the_views_on_its_device_as_numpy_does",
+    ],
     "models/modelfile": [
         "tests/models/test_modelfile_mutants.py",
         "tests/models/test_registry.py::test_model_file_round_trips_weights_and_preprocessing",
@@ -65,6 +69,7 @@ MODULES: dict[str, list[str]] = {
         "tests/data/test_splits.py",
     ],
     "data/views": ["tests/data/test_transforms.py"],
+    "data/transforms": ["tests/data/test_transforms.py", "tests/data/test_transforms_mutants.py"],
     "data/store": [
         "tests/data/test_store_mutants.py",
         "tests/data/test_store.py",
@@ -97,7 +102,7 @@ NAMES = (("x_", ""), ("xǁ", "ǁ*"), ("xǁ*ǁ", ""))
 
 # torch, onnxruntime and a TestClient start threads: fork each mutant from mutmut's clean fork
 # server (which only imports) rather than from the process that ran the tests
-FORKSERVER = ("serve/", "predict", "models/", "evaluate")
+FORKSERVER = ("serve/", "predict", "models/", "evaluate", "data/transforms")
 
 # a part of a module run with fewer tests: the tests that call these functions directly (a
 # function not named here keeps the module's whole selection)
