@@ -174,3 +174,26 @@ def test_bf16_views_run_under_autocast() -> None:
     exact, _ = engine("fp32").run_views(images, [0, 5])
     np.testing.assert_allclose(logits, exact, atol=0.1)
     assert not np.array_equal(logits, exact)
+
+
+def test_defaults_and_where_the_weights_go(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = ModelSpec(**{**SPEC.to_dict(), "input_px": PX, "patch_px": PX})
+    monkeypatch.setattr(torch_engine, "cpu_has_bf16", lambda: True)
+    plain = TorchEngine(InferenceNet(WeightedMean(position_map(), W, B), spec))
+    assert (plain.device, plain.precision) == ("cpu", "bf16")  # cpu, auto by default
+    weights = plain.net.net.map
+    assert weights.is_contiguous(memory_format=torch.channels_last)
+    assert not weights.is_contiguous()  # really re-laid out, not (1, 3, 8, 8) as made
+    meta = TorchEngine(InferenceNet(WeightedMean(position_map(), W, B), spec), "meta", "fp32")
+    assert meta.device == "meta" and meta.net.net.map.device.type == "meta"
+
+
+def test_bf16_is_asked_for_whatever_autocast_defaults_to() -> None:
+    """On CUDA, autocast without a dtype means float16: the engine must ask for bfloat16."""
+    default = torch.get_autocast_dtype("cpu")
+    torch.set_autocast_dtype("cpu", torch.float16)
+    try:
+        assert autocast_for(torch.device("cpu"), "bf16").fast_dtype == torch.bfloat16
+        assert engine("bf16")._autocast().fast_dtype == torch.bfloat16
+    finally:
+        torch.set_autocast_dtype("cpu", default)
