@@ -290,6 +290,8 @@ def check_styles(saved: dict, raw: np.ndarray, probs: np.ndarray) -> None:
     diagram, counts = saved["reliability"]["axes"]
     assert [s[3:] for s in diagram["line_style"][:2]] == [("o", 3.0), ("o", 3.0)]
     assert diagram["line_style"][2] == chance and diagram["legend_style"] == (2, 8.0)  # upper left
+    for panel, i in ((roc, 1), (diagram, 2)):  # the chance / perfect-calibration diagonal
+        assert [list(xy) for xy in panel["lines"][i]] == [[0, 1], [0, 1]]
     assert diagram["shares_x"] == 2 and round(diagram["height"] / counts["height"], 1) == 2.7
     assert counts["margins"][1] == 0.35
     w = 0.042
