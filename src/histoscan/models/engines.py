@@ -50,7 +50,7 @@ class Engine(Protocol):
 
 
 def views_on_host(
-    engine: Engine, images: np.ndarray, views: list[int], features: bool = False
+    engine: Engine, images: np.ndarray, views: list[int], features: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """``run_views`` with each view made in numpy, then run (the ONNX engines: all on the CPU)."""
     runs = [
