@@ -611,3 +611,21 @@ def test_the_bar_is_labelled_evaluate_and_the_folder_is_marked(
     text = (out / "metrics.json").read_text()
     assert text == json.dumps(json.loads(text), indent=2)  # indented for a person to read
     assert text.startswith('{\n  "model": "hand96",\n')
+
+
+def test_equally_sure_wrong_calls_keep_their_order(tmp_path: Path) -> None:
+    """Ties in distance from the threshold stay in data order (a stable sort), so two runs list
+    the same patches in the same order; 300 calls with four distinct distances tie a lot."""
+    n = 300
+    probs = np.random.default_rng(0).choice([0.9, 0.8, 0.2, 0.1], n)
+    labels = (probs < 0.5).astype(np.int64)  # every call wrong
+    source = Named(
+        tmp_path / "data", [f"q{i}" for i in range(n)], np.zeros((n, 96, 96, 3), np.uint8), labels
+    )
+    assert write_misclassified(tmp_path / "err", source, np.arange(n), labels, probs, 0.5, 0) == n
+    with open(tmp_path / "err" / "misclassified.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    expected = sorted(range(n), key=lambda i: -abs(probs[i] - 0.5))  # sorted() is stable
+    assert [r["id"] for r in rows] == [f"q{i}" for i in expected]
+    assert {r["image"] for r in rows} == {""}
+    assert sorted(p.name for p in (tmp_path / "err").iterdir()) == ["misclassified.csv"]
