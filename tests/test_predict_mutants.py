@@ -176,6 +176,7 @@ def test_source_is_read_ahead_in_chunks_and_scored_per_batch(
     assert source.reads == [list(range(12)), list(range(12, 24)), list(range(24, 30))]
     assert bars == [(("predict",), {"total": 30, "show": False, "unit": "patches"})]
     probs = predictor.predict_source(source, "d4", indices=[4, 2], progress=False)
+    assert bars[-1] == (("predict",), {"total": 2, "show": False, "unit": "patches"})
     np.testing.assert_allclose(
         probs, sigmoid(view_logits(images[[4, 2]], "d4").mean(1) / T), atol=1e-5
     )
