@@ -156,7 +156,8 @@ def test_labels_csv_line_by_line(tmp_path: Path) -> None:
         "d\n"
         ",1\n"
         "a,0\n"
-        "e,\n".encode()
+        "e,\n"
+        " \n".encode()  # neither an id nor a label
     )
     labels, problems, lines = read_labels_table(path)
     assert labels == {"a": "1", "b": "0", "e": ""}
@@ -166,6 +167,7 @@ def test_labels_csv_line_by_line(tmp_path: Path) -> None:
         (f"{path}:5", "d", "malformed row", "fewer fields than the header (id,label)"),
         (f"{path}:6", "?", "empty id", "the id column is empty"),
         (f"{path}:7", "a", "duplicate id", "id a listed again (first on line 2)"),
+        (f"{path}:9", "?", "malformed row", "fewer fields than the header (id,label)"),
     ]
     assert read_labels_csv(path) == (labels, problems)
 
@@ -425,6 +427,10 @@ def test_gunzip_once_and_reuse(tmp_path: Path) -> None:
 
 
 def test_gunzip_damage_is_one_error_and_no_file(tmp_path: Path) -> None:
+    gone = tmp_path / "gone.h5.gz"  # the input is missing: said of the input, not the output
+    with pytest.raises(DataError, match=rf"^{gone}: cannot read \(No such file or directory\)$"):
+        gunzip_cached(gone, tmp_path / "gone.h5", progress=False)
+    assert not (tmp_path / "gone.h5").exists()
     src = tmp_path / "bad.h5.gz"
     src.write_bytes(gzip.compress(b"x" * 1000)[:-12])
     with pytest.raises(DataError, match=r"bad\.h5\.gz: cannot decompress \("):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import gzip
 import logging
+import os
 import re
 import zlib
 from collections.abc import Iterator, Sequence
@@ -429,21 +430,22 @@ def gunzip_cached(src: Path, dest: Path, progress: bool = True) -> Path:
         return dest
     from histoscan.progress import progress_bar
 
-    try:
-        with (
-            atomic_file(dest) as tmp,
-            open(src, "rb") as raw,
-            gzip.GzipFile(fileobj=raw) as zipped,
-            open(tmp, "wb") as out,
-            progress_bar(
-                f"decompress {src.name}", total=src.stat().st_size, show=progress, unit="B"
-            ) as bar,
-        ):
-            while chunk := _read_gzip_block(zipped, src):
-                out.write(chunk)
-                bar.update(raw.tell())
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{src}: cannot decompress ({exc})") from exc
+    try:  # opened before the output, so a missing or unreadable input is not blamed on it
+        raw = open(src, "rb")
+    except OSError as exc:
+        raise DataError(f"{src}: cannot read ({exc.strerror or exc})") from exc
+    with (
+        raw,
+        atomic_file(dest) as tmp,
+        gzip.GzipFile(fileobj=raw) as zipped,
+        open(tmp, "wb") as out,
+        progress_bar(
+            f"decompress {src.name}", total=os.fstat(raw.fileno()).st_size, show=progress, unit="B"
+        ) as bar,
+    ):
+        while chunk := _read_gzip_block(zipped, src):  # damage: DataError naming src
+            out.write(chunk)  # a full disk: OutputError naming dest (atomic_file)
+            bar.update(raw.tell())
     return dest
 
 
