@@ -225,10 +225,8 @@ def _check_array_range(
         content.update(block)
     message = check_patch(block[0]) if len(block) else None
     if message is not None:
-        # one array has one shape and dtype: say so once per slice, not once per item, and not
-        # at all when indexing already reported it for the whole dataset
-        if any(p.id == "*" and p.kind.startswith("not ") for p in source.problems):
-            return [], [None] * len(block)
+        # one array has one shape and dtype: say so once per slice, not once per item (a dataset
+        # that indexing refused whole was returned above, so it is not said twice)
         where = f"{source.locate(lo)} to [{hi - 1}]"
         return [_patch_problem(where, "*", message)], [None] * len(block)
     if hash_mode is None:
