@@ -122,8 +122,8 @@ def tissue_fractions(mask: np.ndarray, plan: TilePlan, scale: tuple[float, float
     integral = np.zeros((h + 1, w + 1), dtype=np.int64)
     integral[1:, 1:] = mask.astype(np.int64).cumsum(0).cumsum(1)
     x, y = plan.origins(np.arange(plan.n_rows), np.arange(plan.n_cols))
-    x0, x1 = _thumb_span(x, plan.tile_l0, scale[0], w)
-    y0, y1 = _thumb_span(y, plan.tile_l0, scale[1], h)
+    x0, x1 = _thumb_span(x, plan.tile_l0, scale[0])
+    y0, y1 = _thumb_span(y, plan.tile_l0, scale[1])
     c0, c1 = np.clip(x0, 0, w), np.clip(x1, 0, w)  # the part inside the thumbnail
     r0, r1 = np.clip(y0, 0, h), np.clip(y1, 0, h)
     total = (
@@ -133,9 +133,7 @@ def tissue_fractions(mask: np.ndarray, plan: TilePlan, scale: tuple[float, float
     return total / np.maximum(area, 1)
 
 
-def _thumb_span(
-    start_l0: np.ndarray, size_l0: int, scale: float, limit: int
-) -> tuple[np.ndarray, np.ndarray]:
+def _thumb_span(start_l0: np.ndarray, size_l0: int, scale: float) -> tuple[np.ndarray, np.ndarray]:
     """Thumbnail pixel span [a, b) of level-0 spans [start, start + size), at least one pixel."""
     a = np.rint(start_l0 / scale).astype(np.int64)
     b = np.maximum(np.rint((start_l0 + size_l0) / scale).astype(np.int64), a + 1)
