@@ -104,3 +104,18 @@ def subset_source(source, indices):  # type: ignore[no-untyped-def]
             return source.locate(int(idx[i]))
 
     return Subset(source.root, [source.ids[i] for i in idx], source.labels[idx])
+
+
+def bundled_held_out(real_root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images (n, 96, 96, 3), labels (n,)) of the first ``n`` validation patches recorded in the
+    bundled model's card: real patches it was never trained on."""
+    from histoscan.data.sources import open_source
+    from histoscan.models.modelfile import load_model_file
+
+    model = load_model_file()
+    val_ids = model.card["val_ids"][:n]
+    assert not model.meta.seen_in_training(val_ids).any()
+    source = open_source(real_root / "train")
+    position = {key: i for i, key in enumerate(source.ids)}
+    indices = [position[k] for k in val_ids]
+    return source.read_many(indices), source.labels[indices].astype(int)

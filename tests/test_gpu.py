@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers import write_separable_folder
+from helpers import bundled_held_out, write_separable_folder
 from histoscan.data.sources import open_source
-from histoscan.models.modelfile import load_model_file
 from histoscan.predict import Predictor
 
 torch = pytest.importorskip("torch")
@@ -30,11 +29,7 @@ N_PATCHES = 300
 @pytest.fixture(scope="module")
 def held_out(real_root: Path) -> tuple[np.ndarray, np.ndarray]:
     """(images, labels) of the first validation patches of the bundled model (never trained on)."""
-    val_ids = load_model_file().card["val_ids"][:N_PATCHES]
-    source = open_source(real_root / "train")
-    position = {key: i for i, key in enumerate(source.ids)}
-    indices = [position[k] for k in val_ids]
-    return source.read_many(indices), source.labels[indices].astype(int)
+    return bundled_held_out(real_root, N_PATCHES)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from helpers import subset_source
+from helpers import bundled_held_out, subset_source
 from histoscan.data.sources import open_source
 from histoscan.models.modelfile import load_model_file
 from histoscan.predict import Predictor
@@ -23,13 +23,8 @@ N_PATCHES = 300
 
 @pytest.fixture(scope="module")
 def held_out(real_root: Path) -> tuple[np.ndarray, np.ndarray]:
-    """(images (N, 96, 96, 3), labels (N,)) of validation patches of the bundled model."""
-    val_ids = load_model_file().card["val_ids"][:N_PATCHES]
-    source = open_source(real_root / "train")
-    position = {key: i for i, key in enumerate(source.ids)}
-    indices = [position[k] for k in val_ids]
-    assert not load_model_file().meta.seen_in_training(val_ids).any()
-    return source.read_many(indices), source.labels[indices].astype(int)
+    """(images, labels) of the first validation patches of the bundled model (never trained on)."""
+    return bundled_held_out(real_root, N_PATCHES)
 
 
 @pytest.fixture(scope="module")
