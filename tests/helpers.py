@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import os
@@ -119,3 +120,20 @@ def bundled_held_out(real_root: Path, n: int) -> tuple[np.ndarray, np.ndarray]:
     position = {key: i for i, key in enumerate(source.ids)}
     indices = [position[k] for k in val_ids]
     return source.read_many(indices), source.labels[indices].astype(int)
+
+
+class RecordedBars:
+    """A stand-in for ``histoscan.progress.progress_bar``: ``monkeypatch.setattr(module,
+    "progress_bar", bars)``; ``calls`` holds each bar's (args, kwargs), ``advances`` each step."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[tuple, dict]] = []
+        self.advances: list[int] = []
+
+    @contextlib.contextmanager
+    def __call__(self, *args: object, **kwargs: object):  # type: ignore[no-untyped-def]
+        self.calls.append((args, kwargs))
+        yield self
+
+    def advance(self, n: int) -> None:
+        self.advances.append(n)

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from helpers import write_separable_folder
+from helpers import RecordedBars, write_separable_folder
 from histoscan.cli import app
 from histoscan.errors import DataError, ModelError
 from histoscan.models.bundle import load_model_file, memory_model_file
@@ -256,22 +256,12 @@ def test_bad_input_exits_2_with_one_line(
 
 def test_progress_moves_per_batch_and_decoding_overlaps(monkeypatch: pytest.MonkeyPatch) -> None:
     """The bar advances once per engine batch (not once per read chunk or at the end)."""
-    import contextlib
-
     import histoscan.predict as predict_module
     from histoscan.data.sources import PatchSource
 
-    advances: list[int] = []
-
-    class Bar:
-        def advance(self, n: int) -> None:
-            advances.append(n)
-
-    @contextlib.contextmanager
-    def recording_bar(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        yield Bar()
-
-    monkeypatch.setattr(predict_module, "progress_bar", recording_bar)
+    bars = RecordedBars()
+    monkeypatch.setattr(predict_module, "progress_bar", bars)
+    advances = bars.advances
     images = rng_patches(11, seed=3)
 
     class Memory(PatchSource):

@@ -8,7 +8,6 @@ each dihedral view has its own logit and no torch export is needed.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import math
 import warnings
@@ -26,6 +25,7 @@ from handmade_onnx import (
     weight_map,
     write_graph,
 )
+from helpers import RecordedBars
 from histoscan.errors import DataError, ModelError
 from histoscan.models.bundle import save_model_file
 from histoscan.models.registry import ModelSpec, create_model
@@ -145,19 +145,9 @@ def test_patches_must_be_uint8_n_h_w_3(predictor: Predictor, bad: np.ndarray) ->
 def test_source_is_read_ahead_in_chunks_and_scored_per_batch(
     predictor: Predictor, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    bars: list[tuple[tuple, dict]] = []
-    advances: list[int] = []
-
-    class Bar:
-        def advance(self, n: int) -> None:
-            advances.append(n)
-
-    @contextlib.contextmanager
-    def recording_bar(*args: object, **kwargs: object):  # type: ignore[no-untyped-def]
-        bars.append((args, kwargs))
-        yield Bar()
-
-    monkeypatch.setattr(predict_module, "progress_bar", recording_bar)
+    recorded = RecordedBars()
+    bars, advances = recorded.calls, recorded.advances
+    monkeypatch.setattr(predict_module, "progress_bar", recorded)
     images = patches(30, seed=5)
     source = Source(images)
     indices = [29, 0, 5, 5, 17, 3, 22, 8, 9, 10, 11, 12, 13, 14, 1]  # 15: chunks of 12 and 3

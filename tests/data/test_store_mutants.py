@@ -6,7 +6,6 @@ memory; the expected files (ids.txt, store.json, the SHA-256s) are computed here
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 import histoscan.data.store as store_module
+from helpers import RecordedBars
 from histoscan import __version__
 from histoscan.data.sources import PatchSource, Problem
 from histoscan.data.store import (
@@ -137,19 +137,9 @@ def test_id_is_hash_defaults_to_true(source: Memory, tmp_path: Path) -> None:
 def test_progress_per_chunk(
     source: Memory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    calls: list[tuple] = []
-    advances: list[int] = []
-
-    class Bar:
-        def advance(self, n: int) -> None:
-            advances.append(n)
-
-    @contextlib.contextmanager
-    def bar(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append((args, kwargs))
-        yield Bar()
-
-    monkeypatch.setattr(store_module, "progress_bar", bar)
+    bars = RecordedBars()
+    calls, advances = bars.calls, bars.advances
+    monkeypatch.setattr(store_module, "progress_bar", bars)
     write_store(source, tmp_path / "a", chunk=3)
     write_store(source, tmp_path / "b", progress=False)
     assert calls == [

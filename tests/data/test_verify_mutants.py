@@ -7,7 +7,6 @@ truncation, and the worker pool's plumbing. Expected SHA-1s come from hashlib he
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import re
@@ -18,6 +17,7 @@ import numpy as np
 import pytest
 
 import histoscan.data.verify as verify
+from helpers import RecordedBars
 from histoscan.data.sources import PatchSource, Problem
 from histoscan.data.store import write_store
 from histoscan.data.verify import VerifyResult, verify_source, write_report
@@ -179,18 +179,9 @@ def test_duplicates_across_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 def test_progress_per_chunk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify, "CHUNK", 3)
-    calls, advances = [], []
-
-    class Bar:
-        def advance(self, n: int) -> None:
-            advances.append(n)
-
-    @contextlib.contextmanager
-    def bar(*args, **kwargs):  # type: ignore[no-untyped-def]
-        calls.append((args, kwargs))
-        yield Bar()
-
-    monkeypatch.setattr(verify, "progress_bar", bar)
+    bars = RecordedBars()
+    calls, advances = bars.calls, bars.advances
+    monkeypatch.setattr(verify, "progress_bar", bars)
     verify_source(Memory(tmp_path, list(patches(7))))
     verify_source(Arrays(tmp_path, list(patches(4))), progress=False)
     assert calls == [
@@ -250,17 +241,9 @@ def test_a_refused_array_still_moves_the_bar(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(verify, "CHUNK", 4)
-    advances: list[int] = []
-
-    class Bar:
-        def advance(self, n: int) -> None:
-            advances.append(n)
-
-    @contextlib.contextmanager
-    def bar(*args, **kwargs):  # type: ignore[no-untyped-def]
-        yield Bar()
-
-    monkeypatch.setattr(verify, "progress_bar", bar)
+    bars = RecordedBars()
+    advances = bars.advances
+    monkeypatch.setattr(verify, "progress_bar", bars)
     source = Arrays(
         tmp_path, [np.zeros((96, 95, 3), np.uint8)] * 6, ids=[f"p{i}" for i in range(6)]
     )
