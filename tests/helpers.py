@@ -14,6 +14,19 @@ from PIL import Image
 
 REAL_DATA = Path("shared") / "data" / "pcam-real"
 
+# every training augmentation switched off (AugmentConfig keywords): the identity
+AUGMENT_OFF = dict(
+    dihedral=False,
+    shift_px=0,
+    hed_sigma=0.0,
+    hed_bias=0.0,
+    brightness=0.0,
+    contrast=0.0,
+    saturation=0.0,
+    hue=0.0,
+    blur_prob=0.0,
+)
+
 
 def find_real_root(start: Path = Path(__file__)) -> Path:
     """``../shared/data/pcam-real`` beside the project, found upward from ``start``.

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers import AUGMENT_OFF
 from histoscan.config import AugmentConfig
 from histoscan.data.transforms import HED_FROM_RGB, RGB_FROM_HED, Augment, dihedral, random_dihedral
 from histoscan.data.views import Tta, dihedral_hwc, parse_tta, tta_views
@@ -66,17 +67,7 @@ def test_hed_matrices_are_inverse_and_unit_rows() -> None:
 
 
 def test_augment_with_everything_off_is_the_identity() -> None:
-    off = AugmentConfig(
-        dihedral=False,
-        shift_px=0,
-        hed_sigma=0.0,
-        hed_bias=0.0,
-        brightness=0.0,
-        contrast=0.0,
-        saturation=0.0,
-        hue=0.0,
-        blur_prob=0.0,
-    )
+    off = AugmentConfig(**AUGMENT_OFF)
     x = torch.rand(4, 3, 16, 16)
     assert torch.equal(Augment(off)(x.clone()), x)
 

@@ -17,24 +17,13 @@ import skimage.color
 import torch
 
 import histoscan.data.transforms as transforms
+from helpers import AUGMENT_OFF
 from histoscan.config import AugmentConfig
 from histoscan.data.transforms import Augment, random_dihedral
 
-OFF = dict(
-    dihedral=False,
-    shift_px=0,
-    hed_sigma=0.0,
-    hed_bias=0.0,
-    brightness=0.0,
-    contrast=0.0,
-    saturation=0.0,
-    hue=0.0,
-    blur_prob=0.0,
-)
-
 
 def config(**on: float) -> AugmentConfig:
-    return AugmentConfig(**{**OFF, **on})
+    return AugmentConfig(**{**AUGMENT_OFF, **on})
 
 
 class ScriptedTorch:
