@@ -53,17 +53,9 @@ class TorchEngine:
             return torch.autocast(self._device.type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    @torch.inference_mode()
     def run(self, images: np.ndarray, features: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)).to(self._device)
-        with self._autocast():
-            if features:
-                logits, feats = self.net.forward_with_features(x)  # (B,), (B, D)
-                out = feats.float().cpu().numpy()
-            else:
-                logits = self.net(x)  # (B,)
-                out = np.zeros((len(images), 0), dtype=np.float32)
-        return logits.double().cpu().numpy(), out
+        logits, out = self.run_views(images, [0], features)  # the identity view alone
+        return logits[:, 0], out
 
     @torch.inference_mode()
     def run_views(
